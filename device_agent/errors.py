@@ -1,0 +1,64 @@
+"""One error vocabulary for the whole agent (stdlib only; both interpreters import it).
+
+Every error has a stable machine-readable ``code`` and an HTTP status hint, so the CLI,
+the worker protocol and the API all report the same failure the same way.
+"""
+
+
+class AgentError(Exception):
+    code = "agent_error"
+    http_status = 500
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message}
+
+
+class InvalidInput(AgentError):
+    """Bad arguments, a bad dataset layout, an unreadable image."""
+
+    code = "invalid_input"
+    http_status = 400
+    exit_code = 2
+
+
+class UnknownName(InvalidInput):
+    """An unknown backbone, method or domain."""
+
+    code = "unknown_name"
+    http_status = 404
+
+
+class WeightsNotFound(AgentError):
+    """A backbone's weights file is not provisioned on this machine."""
+
+    code = "weights_not_found"
+    http_status = 503
+    exit_code = 3
+
+
+class WeightsMismatch(AgentError):
+    """A weights file or adapter does not match what the manifest or backbone says."""
+
+    code = "weights_mismatch"
+    http_status = 409
+    exit_code = 3
+
+
+class ArtifactError(InvalidInput):
+    """An adapter artifact is malformed or unsafe."""
+
+    code = "bad_artifact"
+    http_status = 422
+
+
+class MemoryBudgetExceeded(AgentError):
+    """A step cannot fit the memory limit even at the smallest batch."""
+
+    code = "memory_budget_exceeded"
+    http_status = 507
+    exit_code = 4

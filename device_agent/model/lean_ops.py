@@ -1,0 +1,250 @@
+"""Memory-lean autograd Functions for training on a frozen backbone.
+
+Stock autograd saves the input of every conv and batch norm even when their weights are
+frozen, a full fp32 tensor per ReLU, and the whole input of ``avg_pool2d``
+(shared/research/memory.md, section 4). These Functions save only what backward needs:
+
+- frozen conv (BN folded into it by the caller): nothing but the weight;
+- ReLU / ReLU6: a bit-packed 1-bit mask, the activation applied in place;
+- average pooling: nothing but shapes;
+- max pooling: int16/int32 argmax positions instead of the fp32 input plus int64 indices.
+
+Python 3.6 / torch 1.10 compatible.
+"""
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+Pad4 = Optional[Tuple[int, int, int, int]]  # F.pad order: left, right, top, bottom
+
+# Multiplying 8 little-endian 0/1 bytes (one int64) by this constant gathers bit i of
+# the packed byte from byte i into the top byte of the product (memory.md, section 9.4).
+_PACK_MAGIC = 0x0102040810204080
+
+
+def _grad_needed(*tensors: Optional[torch.Tensor]) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    return any(t is not None and t.requires_grad for t in tensors)
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """Pack a bool tensor into uint8, 8 elements a byte, element i at bit i."""
+    flat = mask.reshape(-1)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    try:
+        words = flat.view(torch.int64)
+        return ((words * _PACK_MAGIC) >> 56).to(torch.uint8)
+    except RuntimeError:  # torch without view(dtype) of another element size
+        shifts = torch.arange(8, device=flat.device, dtype=torch.uint8)
+        return (flat.view(-1, 8).to(torch.uint8) << shifts).sum(1).to(torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: a uint8 0/1 tensor of ``shape``."""
+    numel = 1
+    for size in shape:
+        numel *= size
+    shifts = torch.arange(8, device=packed.device, dtype=torch.uint8)
+    bits = (packed.unsqueeze(1) >> shifts) & 1
+    return bits.reshape(-1)[:numel].view(*shape)
+
+
+def same_padding(size: Tuple[int, int], kernel: Tuple[int, int], stride: Tuple[int, int],
+                 dilation: Tuple[int, int]) -> Pad4:
+    """TensorFlow 'SAME' padding for an input of ``size`` (EfficientNet-Lite's convention)."""
+    pads = []
+    for length, k, s, d in zip(size, kernel, stride, dilation):
+        out = -(-length // s)
+        total = max((out - 1) * s + (k - 1) * d + 1 - length, 0)
+        pads.append((total // 2, total - total // 2))
+    (top, bottom), (left, right) = pads
+    if top == bottom == left == right == 0:
+        return None
+    return (left, right, top, bottom)
+
+
+def _crop(grad: torch.Tensor, pad: Pad4) -> torch.Tensor:
+    if pad is None:
+        return grad
+    left, right, top, bottom = pad
+    height, width = grad.shape[-2:]
+    return grad[:, :, top:height - bottom, left:width - right]
+
+
+class _FrozenConv2d(torch.autograd.Function):
+    """conv2d whose weight is frozen: backward needs the weight and the input's shape only."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups, pad):
+        if pad is not None:
+            x = F.pad(x, pad)
+        ctx.save_for_backward(weight)
+        ctx.conf = (x.shape, stride, padding, dilation, groups, pad)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, = ctx.saved_tensors
+        shape, stride, padding, dilation, groups, pad = ctx.conf
+        grad_x = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.nn.grad.conv2d_input(shape, weight, grad, stride, padding,
+                                                dilation, groups)
+            grad_x = _crop(grad_x, pad)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum((0, 2, 3))
+        return grad_x, None, grad_bias, None, None, None, None, None
+
+
+def frozen_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                  stride, padding, dilation, groups: int, pad: Pad4 = None) -> torch.Tensor:
+    """conv2d that keeps no activation for backward. ``weight`` must not need a gradient;
+    ``bias`` may (bias-only tuning flows through it)."""
+    if weight.requires_grad:
+        raise ValueError("frozen_conv2d needs a frozen weight; train it on the plain path")
+    if not _grad_needed(x, bias):
+        if pad is not None:
+            x = F.pad(x, pad)
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    return _FrozenConv2d.apply(x, weight, bias, stride, padding, dilation, groups, pad)
+
+
+class _MaskedActivation(torch.autograd.Function):
+    """In-place ReLU (upper=None) or ReLU6 (upper=6) that saves a 1-bit mask.
+
+    Matches autograd's rules: ReLU passes the gradient where the output is > 0, hardtanh
+    (ReLU6) where 0 < x < 6.
+    """
+
+    @staticmethod
+    def forward(ctx, z, upper):
+        mask = z > 0
+        if upper is None:
+            z.clamp_(min=0)
+        else:
+            mask &= z < upper
+            z.clamp_(0, upper)
+        ctx.mark_dirty(z)
+        ctx.shape = z.shape
+        ctx.save_for_backward(pack_bits(mask))
+        return z
+
+    @staticmethod
+    def backward(ctx, grad):
+        packed, = ctx.saved_tensors
+        return grad * unpack_bits(packed, ctx.shape), None
+
+
+def masked_activation_(z: torch.Tensor, upper: Optional[float]) -> torch.Tensor:
+    """Apply ReLU / ReLU6 to ``z`` in place; ``z`` must be a fresh tensor nobody saved."""
+    if not _grad_needed(z):
+        return z.clamp_(min=0) if upper is None else z.clamp_(0, upper)
+    return _MaskedActivation.apply(z, upper)
+
+
+def plain_activation(z: torch.Tensor, upper: Optional[float]) -> torch.Tensor:
+    """Stock autograd activation, the reference the lean one must match."""
+    return F.relu(z) if upper is None else F.hardtanh(z, 0.0, upper)
+
+
+def pool_kernel(size: Sequence[int], factor: int) -> Tuple[int, int]:
+    """Kernel (= stride) of a ceil-mode average pool by ``factor``, clamped to the input."""
+    return (min(factor, size[0]), min(factor, size[1]))
+
+
+class _AvgPool(torch.autograd.Function):
+    """Non-overlapping ceil-mode average pool that saves only the input shape."""
+
+    @staticmethod
+    def forward(ctx, x, kernel):
+        ctx.shape = x.shape
+        ctx.kernel = kernel
+        return F.avg_pool2d(x, kernel, kernel, 0, ceil_mode=True)
+
+    @staticmethod
+    def backward(ctx, grad):
+        kh, kw = ctx.kernel
+        height, width = ctx.shape[-2:]
+        out_h, out_w = grad.shape[-2:]
+        rows = torch.tensor([min(kh, height - i * kh) for i in range(out_h)],
+                            dtype=grad.dtype, device=grad.device)
+        cols = torch.tensor([min(kw, width - j * kw) for j in range(out_w)],
+                            dtype=grad.dtype, device=grad.device)
+        grad = grad / (rows[:, None] * cols[None, :])
+        grad = grad.repeat_interleave(kh, dim=2)[:, :, :height]
+        return grad.repeat_interleave(kw, dim=3)[:, :, :, :width], None
+
+
+def avg_pool(x: torch.Tensor, factor: int, lean: bool) -> torch.Tensor:
+    kernel = pool_kernel(x.shape[-2:], factor)
+    if kernel == (1, 1):
+        return x
+    if lean and _grad_needed(x):
+        return _AvgPool.apply(x, kernel)
+    return F.avg_pool2d(x, kernel, kernel, 0, ceil_mode=True)
+
+
+def index_dtype(plane: int) -> torch.dtype:
+    return torch.int16 if plane < 2 ** 15 else torch.int32
+
+
+class _MaxPool(torch.autograd.Function):
+    """max_pool2d that keeps compact argmax positions, not the input and int64 indices."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding):
+        out, indices = F.max_pool2d(x, kernel, stride, padding, return_indices=True)
+        ctx.shape = x.shape
+        ctx.save_for_backward(indices.to(index_dtype(x.shape[-2] * x.shape[-1])))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        indices, = ctx.saved_tensors
+        n, c, h, w = ctx.shape
+        planes = grad.reshape(n * c, -1)
+        grad_x = grad.new_zeros(n * c, h * w)
+        grad_x.scatter_add_(1, indices.reshape(n * c, -1).long(), planes)
+        return grad_x.view(n, c, h, w), None, None, None
+
+
+def max_pool(x: torch.Tensor, kernel: int, stride: int, padding: int, lean: bool) -> torch.Tensor:
+    if lean and _grad_needed(x):
+        return _MaxPool.apply(x, kernel, stride, padding)
+    return F.max_pool2d(x, kernel, stride, padding)
+
+
+class _Recompute(torch.autograd.Function):
+    """Runs ``module(h)`` keeping only ``h``; backward re-runs it to get the gradients.
+
+    For the cheap, low-resolution tail of an adapter branch (attention + expand): its
+    intermediates cost more memory than recomputing them costs time.
+    """
+
+    @staticmethod
+    def forward(ctx, module, h, *params):
+        ctx.module = module
+        ctx.save_for_backward(h)
+        with torch.no_grad():
+            return module(h)
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, = ctx.saved_tensors
+        h = h.detach().requires_grad_(True)
+        params = [p for p in ctx.module.parameters() if p.requires_grad]
+        with torch.enable_grad():
+            out = ctx.module(h)
+        grads = torch.autograd.grad(out, [h] + params, grad, allow_unused=True)
+        return (None,) + tuple(grads)
+
+
+def recompute(module: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not _grad_needed(h, *params):
+        return module(h)
+    return _Recompute.apply(module, h, *params)

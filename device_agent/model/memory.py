@@ -1,0 +1,196 @@
+"""Training memory: measured, estimated, and the theoretical minimum.
+
+- :func:`measure_saved_bytes` counts what autograd really keeps for backward, exactly, with
+  ``saved_tensors_hooks`` (unique storages; parameters and buffers excluded).
+- :func:`estimate_saved_bytes` is an analytic model in the spirit of TinyTL's profiler: a
+  batch-1 pass records shapes, every stage applies its per-path rule (``activation_rule``:
+  what stock autograd keeps, what the lean path keeps, what backward needs at minimum),
+  and the sum is scaled by the batch size.
+- :func:`measure_peak_step` runs training steps in a fresh child process and reports the
+  RSS high-water mark of one step above the loaded model (and CUDA's peak when present).
+"""
+import itertools
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from device_agent.model.network import AdaptedNet
+
+PATHS = ("plain", "lean", "minimum")
+MB = 1e6
+
+
+def _storage(t: torch.Tensor) -> Tuple[int, int]:
+    try:
+        storage = t.untyped_storage()
+        return storage.data_ptr(), storage.nbytes()
+    except AttributeError:  # torch < 2.0
+        storage = t.storage()
+        return storage.data_ptr(), storage.size() * t.element_size()
+
+
+def model_state_storages(model: nn.Module) -> set:
+    return {_storage(t)[0] for t in itertools.chain(model.parameters(), model.buffers())}
+
+
+def measure_saved_bytes(net: AdaptedNet, images: torch.Tensor, labels: torch.Tensor,
+                        lean: bool) -> int:
+    """Bytes of unique storages autograd saves for one forward + loss (model state excluded)."""
+    with torch.no_grad():  # materialise folded weights: they are model state, not activations
+        net(images[:1], lean=lean)
+    state = model_state_storages(net)
+    saved = {}  # type: Dict[int, int]
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        ptr, nbytes = _storage(tensor)
+        if ptr not in state:
+            saved[ptr] = max(saved.get(ptr, 0), nbytes)
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        F.cross_entropy(net(images, lean=lean), labels)
+    return sum(saved.values())
+
+
+def _ledger_key(key, module: nn.Module):
+    if isinstance(key, torch.Tensor):
+        return _storage(key)[0]
+    tag, owner = key
+    return (tag, id(owner))
+
+
+def estimate_saved_bytes(net: AdaptedNet, image_shape: Tuple[int, int, int],
+                         batch_size: int) -> Dict[str, float]:
+    """Analytic saved-activation bytes per path ("plain", "lean", "minimum")."""
+    ledgers = {path: {} for path in PATHS}  # type: Dict[str, Dict[object, float]]
+    keep_alive = []  # batch-1 tensors stay referenced so storage addresses stay unique
+
+    def hook(module, inputs, output):
+        keep_alive.extend([inputs[0], output])
+        for path, key, nbytes in module.activation_rule(inputs[0], output, inputs[1]):
+            ledgers[path][_ledger_key(key, module)] = nbytes
+
+    ruled = [m for m in net.modules() if hasattr(m, "activation_rule")]
+    handles = [m.register_forward_hook(hook) for m in ruled]
+    was_training = net.training
+    net.train()
+    try:
+        with torch.enable_grad():
+            features = _features_for_estimate(net, torch.zeros((1,) + tuple(image_shape)))
+    finally:
+        for handle in handles:
+            handle.remove()
+        net.train(was_training)
+    head_bytes = _head_rule(net, features)
+    totals = {}
+    for path in PATHS:
+        ledger_total = sum(ledgers[path].values()) + head_bytes[path]
+        totals[path] = ledger_total * batch_size
+    if net.domain.backbone is not None:  # finetune runs on the plain path only
+        totals["lean"] = totals["plain"]
+    return totals
+
+
+def _features_for_estimate(net: AdaptedNet, x: torch.Tensor) -> torch.Tensor:
+    from device_agent.model.layers import RunContext
+
+    domain = net.domain
+    backbone = domain.backbone if domain.backbone is not None else net.backbone
+    ctx = RunContext(lean=False, domain=domain, bn_train=domain.backbone is not None)
+    return backbone(x, ctx)
+
+
+def _head_rule(net: AdaptedNet, features: torch.Tensor) -> Dict[str, float]:
+    """Dropout mask (bool), the linear layer's input and the log-softmax output."""
+    dropout, linear = net.domain.head[0], net.domain.head[1]
+    numel = features.numel()
+    fixed = 4.0 * (numel + linear.out_features)
+    mask = numel if features.requires_grad and dropout.p > 0 else 0
+    return {"plain": fixed + mask, "lean": fixed + mask, "minimum": fixed + mask / 8.0}
+
+
+def trainable_parameters(net: AdaptedNet) -> int:
+    return sum(p.numel() for p in net.domain.trainable_parameters())
+
+
+# --- peak memory of a training step, in a child process ---------------------------------
+
+def _rss_bytes(field: str) -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no %s in /proc/self/status" % field)
+
+
+def _reset_high_water_mark() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_step_child(spec: Dict[str, object]) -> Dict[str, object]:
+    """Runs inside the child: build, warm up, then one measured step."""
+    from device_agent.model.builder import build_net
+    from device_agent.training.step import make_optimizer, train_step
+
+    torch.manual_seed(0)
+    torch.set_num_threads(int(spec.get("threads", 2)))
+    device = torch.device(str(spec.get("device", "cpu")))
+    net = build_net(str(spec["backbone"]), str(spec["method"]), num_classes=10,
+                    weights="random").to(device)
+    size = int(spec["resolution"])
+    images = torch.randn(int(spec["batch_size"]), 3, size, size, device=device)
+    labels = torch.arange(int(spec["batch_size"]), device=device) % 10
+    optimizer = make_optimizer(net, lr=1e-3)
+    lean = bool(spec.get("lean", True))
+    micro_batch = int(spec.get("micro_batch", 0))
+    baseline = _rss_bytes("VmRSS")
+    cuda = device.type == "cuda"
+    for _ in range(2):
+        train_step(net, optimizer, images, labels, lean=lean, micro_batch=micro_batch)
+    if cuda:
+        torch.cuda.synchronize()
+        cuda_base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+    reset = _reset_high_water_mark()
+    train_step(net, optimizer, images, labels, lean=lean, micro_batch=micro_batch)
+    result = {"peak_step_mb": (_rss_bytes("VmHWM") - baseline) / MB,
+              "hwm_reset": reset}  # type: Dict[str, object]
+    if cuda:
+        torch.cuda.synchronize()
+        result["cuda_peak_step_mb"] = (torch.cuda.max_memory_allocated() - cuda_base) / MB
+    return result
+
+
+def measure_peak_step(backbone: str, method: str, resolution: int, batch_size: int,
+                      lean: bool = True, micro_batch: int = 0, device: str = "cpu",
+                      timeout: float = 900.0) -> Dict[str, object]:
+    """Peak memory of one training step above the loaded model, in a fresh process.
+
+    glibc is told to mmap large blocks so that freed activations return to the system and
+    the high-water mark reflects this step, not earlier allocator caching.
+    """
+    spec = {"backbone": backbone, "method": method, "resolution": resolution,
+            "batch_size": batch_size, "lean": lean, "micro_batch": micro_batch,
+            "device": device}
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    proc = subprocess.run([sys.executable, "-m", "device_agent.model.memory", json.dumps(spec)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                          timeout=timeout, universal_newlines=True)
+    if proc.returncode != 0:
+        raise RuntimeError("peak measurement failed: %s" % proc.stderr.strip()[-500:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    print(json.dumps(peak_step_child(json.loads(sys.argv[1]))))
