@@ -31,7 +31,9 @@ DA2_DEFAULTS = {
     "pool": 4,               # the branch runs at 1/pool of the block's output resolution,
     "min_branch_stride": 32,  # and never finer than 1/32 of the network's input
     "attention": "channel+spatial",
+    "upsample": "block",     # "block": each cell back onto the pixels it pooled; "bilinear"
 }
+UPSAMPLE_MODES = ("block", "bilinear")
 
 
 def da2_settings(overrides: Dict[str, object]) -> Dict[str, object]:
@@ -42,6 +44,8 @@ def da2_settings(overrides: Dict[str, object]) -> Dict[str, object]:
     settings.update(overrides)
     if settings["attention"] not in ATTENTION_FORMS:
         raise ValueError("attention must be one of %s" % ", ".join(ATTENTION_FORMS))
+    if settings["upsample"] not in UPSAMPLE_MODES:
+        raise ValueError("upsample must be one of %s" % ", ".join(UPSAMPLE_MODES))
     for key in ("reduction", "min_channels", "max_channels", "pool", "min_branch_stride"):
         if not isinstance(settings[key], int) or settings[key] < 1:
             raise ValueError("%s must be a positive integer" % key)
@@ -100,6 +104,7 @@ class DA2Adapter(nn.Module):
         # deepest stage's, which bounds the pooled inputs the branch must keep.
         coarsest = -(-int(settings["min_branch_stride"]) // out_stride)
         self.pool = stride * max(int(settings["pool"]), coarsest)
+        self.upsample = str(settings["upsample"])
         self.reduce = nn.Conv2d(in_channels, width, 1, bias=True)
         self.tail = nn.Sequential(BranchAttention(width, str(settings["attention"])),
                                   nn.Conv2d(width, out_channels, 1, bias=True))
@@ -110,13 +115,15 @@ class DA2Adapter(nn.Module):
     def attention(self) -> BranchAttention:
         return self.tail[0]
 
-    def forward(self, x: torch.Tensor, out_size: Sequence[int], lean: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: torch.Tensor, lean: bool) -> torch.Tensor:
+        """``out`` (the block's output, fresh) plus this adapter's contribution."""
         h = F.relu(self.reduce(lean_ops.avg_pool(x, self.pool, lean)))
         # Lean: the attention + expand tail keeps only h and is recomputed in backward.
         a = lean_ops.recompute(self.tail, h) if lean else self.tail(h)
-        if tuple(a.shape[-2:]) == tuple(out_size):
-            return a
-        return F.interpolate(a, size=tuple(out_size), mode="bilinear", align_corners=False)
+        if self.upsample == "block":
+            return lean_ops.add_block_upsampled(out, a, lean)
+        return out + F.interpolate(a, size=tuple(out.shape[-2:]), mode="bilinear",
+                                   align_corners=False)
 
     def activation_rule(self, x: torch.Tensor, out: torch.Tensor, lean_unused=None):
         height, width = _pooled_size(x.shape[-2:], self.pool)
@@ -152,10 +159,11 @@ class LiteResidual(nn.Module):
         self.final_norm = nn.GroupNorm(_norm_groups(out_channels), out_channels)
         nn.init.zeros_(self.final_norm.weight)
 
-    def forward(self, x: torch.Tensor, out_size: Sequence[int], lean: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out: torch.Tensor, lean: bool) -> torch.Tensor:
         h = F.relu(self.norm(self.conv(lean_ops.avg_pool(x, 2, lean))))
         a = self.final_norm(self.project(h))
-        return F.interpolate(a, size=tuple(out_size), mode="bilinear", align_corners=False)
+        return out + F.interpolate(a, size=tuple(out.shape[-2:]), mode="bilinear",
+                                   align_corners=False)
 
     def activation_rule(self, x: torch.Tensor, out: torch.Tensor, lean_unused=None):
         height, width = _pooled_size(x.shape[-2:], 2)

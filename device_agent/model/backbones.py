@@ -280,4 +280,4 @@ def build_backbone(name: str, weights: Optional[str] = None) -> Tuple[Backbone, 
         _load_state(backbone, _torch_load(path))
     for param in backbone.parameters():
         param.requires_grad_(False)
-    return backbone.eval(), info
+    return backbone.eval().fold(), info

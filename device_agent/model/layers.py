@@ -47,11 +47,14 @@ def _act_upper(act: Optional[str]) -> Optional[float]:
     return ACTIVATIONS[act]
 
 
-def activate(z: torch.Tensor, act: Optional[str], lean: bool) -> torch.Tensor:
+def activate(z: torch.Tensor, act: Optional[str], lean: bool,
+             grad_exclusive: bool = False) -> torch.Tensor:
     if act is None:
         return z
     upper = _act_upper(act)
-    return lean_ops.masked_activation_(z, upper) if lean else lean_ops.plain_activation(z, upper)
+    if lean:
+        return lean_ops.masked_activation_(z, upper, grad_exclusive)
+    return lean_ops.plain_activation(z, upper)
 
 
 def mask_bytes(numel: int) -> int:
@@ -71,6 +74,8 @@ class ConvUnit(nn.Module):
         self.act = act
         self.same_padding = same_padding
         self.key = ""  # set by Backbone: the unit's name in per-domain parameter tables
+        # Set by Block: this unit's output feeds only the next unit's frozen conv.
+        self.feeds_one_conv = False
         self.register_buffer("folded_weight", None, persistent=False)
         self.register_buffer("folded_bias", None, persistent=False)
         self.register_buffer("normalized_weight", None, persistent=False)
@@ -115,7 +120,7 @@ class ConvUnit(nn.Module):
             if beta is not None:  # bias-only tuning: the domain's beta replaces the BN shift
                 bias = bias - self.bn.bias + beta
             z = lean_ops.frozen_conv2d(x, weight, bias, *args)
-        return activate(z, self.act, lean=True)
+        return activate(z, self.act, lean=True, grad_exclusive=self.feeds_one_conv)
 
     def _scale_shift(self, with_affine: bool) -> Tuple[torch.Tensor, torch.Tensor]:
         bn = self.bn
@@ -216,6 +221,8 @@ class Block(nn.Module):
                  out_act: Optional[str], stride: int) -> None:
         super().__init__()
         self.body = nn.ModuleList(body)
+        for unit in body[:-1]:
+            unit.feeds_one_conv = True
         self.shortcut = shortcut
         self.residual = residual
         self.out_act = out_act
@@ -235,13 +242,13 @@ class Block(nn.Module):
         out = x
         for unit in self.body:
             out = unit(out, ctx)
-        if self.shortcut is not None:
-            out = out + self.shortcut(x, ctx)
-        elif self.residual:
-            out = out + x
+        if self.residual:
+            skip = x if self.shortcut is None else self.shortcut(x, ctx)
+            # Lean: the body's output is fresh and unsaved, so the sum can reuse it.
+            out = out.add_(skip) if ctx.lean else out + skip
         adapter = ctx.adapter(self.index)
         if adapter is not None:  # additive: nothing on the frozen path is kept for it
-            out = out + adapter(x, out.shape[-2:], ctx.lean)
+            out = adapter(x, out, ctx.lean)
         return activate(out, self.out_act, ctx.lean)
 
     def activation_rule(self, x: torch.Tensor, y: torch.Tensor, ctx: RunContext):
@@ -288,6 +295,13 @@ class Backbone(nn.Module):
     def clear_folded(self) -> None:
         for unit in self.conv_units():
             unit.clear_folded()
+
+    def fold(self) -> "Backbone":
+        """Fold BN into the frozen convs now (part of loading, not of the first step)."""
+        for unit in self.conv_units():
+            unit.clear_folded()
+            unit._folded()
+        return self
 
     def stage_uses(self, index: int, affine_keys, adapter_blocks) -> bool:
         """Whether stage ``index`` holds anything a domain trains."""

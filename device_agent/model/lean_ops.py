@@ -43,14 +43,24 @@ def pack_bits(mask: torch.Tensor) -> torch.Tensor:
         return (flat.view(-1, 8).to(torch.uint8) << shifts).sum(1).to(torch.uint8)
 
 
+_UNPACK_TABLES = {}  # device -> (256, 8) uint8: the bits of every byte value
+
+
+def _unpack_table(device: torch.device) -> torch.Tensor:
+    if device not in _UNPACK_TABLES:
+        values = torch.arange(256, dtype=torch.int64)
+        table = (values[:, None] >> torch.arange(8)) & 1
+        _UNPACK_TABLES[device] = table.to(dtype=torch.uint8, device=device)
+    return _UNPACK_TABLES[device]
+
+
 def unpack_bits(packed: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Inverse of :func:`pack_bits`: a uint8 0/1 tensor of ``shape``."""
+    """Inverse of :func:`pack_bits`: a uint8 0/1 tensor of ``shape`` (one table gather)."""
     numel = 1
     for size in shape:
         numel *= size
-    shifts = torch.arange(8, device=packed.device, dtype=torch.uint8)
-    bits = (packed.unsqueeze(1) >> shifts) & 1
-    return bits.reshape(-1)[:numel].view(*shape)
+    bits = _unpack_table(packed.device).index_select(0, packed.long())
+    return bits.view(-1)[:numel].view(*shape)
 
 
 def same_padding(size: Tuple[int, int], kernel: Tuple[int, int], stride: Tuple[int, int],
@@ -75,6 +85,23 @@ def _crop(grad: torch.Tensor, pad: Pad4) -> torch.Tensor:
     return grad[:, :, top:height - bottom, left:width - right]
 
 
+def _pair(value) -> Tuple[int, int]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def _conv2d_input_grad(shape, weight, grad, stride, padding, dilation, groups) -> torch.Tensor:
+    """The input gradient of conv2d as a transposed conv. (``torch.nn.grad.conv2d_input``
+    feeds an expanded dummy input that oneDNN copies to full size: slower, and a peak.)"""
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    kernel = weight.shape[-2:]
+    output_padding = tuple(
+        shape[2 + i] - ((grad.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
+                        + dilation[i] * (kernel[i] - 1) + 1)
+        for i in range(2))
+    return F.conv_transpose2d(grad, weight, None, stride, padding, output_padding, groups,
+                              dilation)
+
+
 class _FrozenConv2d(torch.autograd.Function):
     """conv2d whose weight is frozen: backward needs the weight and the input's shape only."""
 
@@ -92,8 +119,7 @@ class _FrozenConv2d(torch.autograd.Function):
         shape, stride, padding, dilation, groups, pad = ctx.conf
         grad_x = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.nn.grad.conv2d_input(shape, weight, grad, stride, padding,
-                                                dilation, groups)
+            grad_x = _conv2d_input_grad(shape, weight, grad, stride, padding, dilation, groups)
             grad_x = _crop(grad_x, pad)
         if ctx.needs_input_grad[2]:
             grad_bias = grad.sum((0, 2, 3))
@@ -121,7 +147,8 @@ class _MaskedActivation(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z, upper):
+    def forward(ctx, z, upper, grad_exclusive):
+        ctx.grad_exclusive = grad_exclusive
         mask = z > 0
         if upper is None:
             z.clamp_(min=0)
@@ -136,14 +163,21 @@ class _MaskedActivation(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         packed, = ctx.saved_tensors
-        return grad * unpack_bits(packed, ctx.shape), None
+        bits = unpack_bits(packed, ctx.shape)
+        # An exclusive gradient is the consumer conv's fresh output: mask it in place.
+        return (grad.mul_(bits) if ctx.grad_exclusive else grad * bits), None, None
 
 
-def masked_activation_(z: torch.Tensor, upper: Optional[float]) -> torch.Tensor:
-    """Apply ReLU / ReLU6 to ``z`` in place; ``z`` must be a fresh tensor nobody saved."""
+def masked_activation_(z: torch.Tensor, upper: Optional[float],
+                       grad_exclusive: bool = False) -> torch.Tensor:
+    """Apply ReLU / ReLU6 to ``z`` in place; ``z`` must be a fresh tensor nobody saved.
+
+    ``grad_exclusive``: the output's only consumer is a frozen conv, so the gradient that
+    arrives is that conv's freshly computed input gradient and may be masked in place.
+    """
     if not _grad_needed(z):
         return z.clamp_(min=0) if upper is None else z.clamp_(0, upper)
-    return _MaskedActivation.apply(z, upper)
+    return _MaskedActivation.apply(z, upper, grad_exclusive)
 
 
 def plain_activation(z: torch.Tensor, upper: Optional[float]) -> torch.Tensor:
@@ -168,15 +202,16 @@ class _AvgPool(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         kh, kw = ctx.kernel
-        height, width = ctx.shape[-2:]
+        n, c, height, width = ctx.shape
         out_h, out_w = grad.shape[-2:]
         rows = torch.tensor([min(kh, height - i * kh) for i in range(out_h)],
                             dtype=grad.dtype, device=grad.device)
         cols = torch.tensor([min(kw, width - j * kw) for j in range(out_w)],
                             dtype=grad.dtype, device=grad.device)
         grad = grad / (rows[:, None] * cols[None, :])
-        grad = grad.repeat_interleave(kh, dim=2)[:, :, :height]
-        return grad.repeat_interleave(kw, dim=3)[:, :, :, :width], None
+        grad_x = grad.new_empty(n, c, out_h * kh, out_w * kw)
+        grad_x.view(n, c, out_h, kh, out_w, kw).copy_(grad[:, :, :, None, :, None])
+        return grad_x[:, :, :height, :width], None
 
 
 def avg_pool(x: torch.Tensor, factor: int, lean: bool) -> torch.Tensor:
@@ -248,3 +283,68 @@ def recompute(module: torch.nn.Module, h: torch.Tensor) -> torch.Tensor:
     if not _grad_needed(h, *params):
         return module(h)
     return _Recompute.apply(module, h, *params)
+
+
+def _block_factors(low: Sequence[int], size: Sequence[int]) -> Tuple[int, int]:
+    return (-(-size[0] // low[0]), -(-size[1] // low[1]))
+
+
+def _block_regions(low: Sequence[int], size: Sequence[int], factors: Tuple[int, int]):
+    """Split a ``size`` map into rectangles each tiled by whole cells of one block shape:
+    (rows, cols) of the map, (rows, cols) of the low-resolution map, block (height, width)."""
+    spans = []
+    for length, cells, factor in zip(size, low, factors):
+        whole = min(length // factor, cells)
+        dim = [((0, whole * factor), (0, whole), factor)] if whole else []
+        if whole < cells and whole * factor < length:
+            dim.append(((whole * factor, length), (whole, whole + 1), length - whole * factor))
+        spans.append(dim)
+    for rows, low_rows, fh in spans[0]:
+        for cols, low_cols, fw in spans[1]:
+            yield rows, cols, low_rows, low_cols, fh, fw
+
+
+def _block_view(t: torch.Tensor, rows, cols, fh: int, fw: int) -> torch.Tensor:
+    region = t[:, :, rows[0]:rows[1], cols[0]:cols[1]]
+    n, c = t.shape[:2]
+    return region.view(n, c, (rows[1] - rows[0]) // fh, fh, (cols[1] - cols[0]) // fw, fw)
+
+
+def _add_block_broadcast_(out: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    factors = _block_factors(a.shape[-2:], out.shape[-2:])
+    for rows, cols, low_rows, low_cols, fh, fw in _block_regions(a.shape[-2:], out.shape[-2:], factors):
+        cells = a[:, :, low_rows[0]:low_rows[1], low_cols[0]:low_cols[1]]
+        _block_view(out, rows, cols, fh, fw).add_(cells[:, :, :, None, :, None])
+    return out
+
+
+class _AddBlockUpsampled(torch.autograd.Function):
+    """``out += upsample(a)`` in place, never materialising the upsampled map; saves nothing.
+    Its backward for ``a`` is a sum-pool (bilinear's is ~4x slower on CPU)."""
+
+    @staticmethod
+    def forward(ctx, out, a):
+        ctx.low = a.shape[-2:]
+        ctx.mark_dirty(out)
+        return _add_block_broadcast_(out, a)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad_a = None
+        if ctx.needs_input_grad[1]:
+            factors = _block_factors(ctx.low, grad.shape[-2:])
+            grad_a = F.avg_pool2d(grad, factors, factors, 0, ceil_mode=True, divisor_override=1)
+        return grad, grad_a
+
+
+def add_block_upsampled(out: torch.Tensor, a: torch.Tensor, lean: bool) -> torch.Tensor:
+    """``out`` plus ``a`` upsampled by block-nearest: cell (i, j) of ``a`` covers pixels
+    [i*fh, (i+1)*fh) x [j*fw, (j+1)*fw) of ``out`` (the inverse of a ceil-mode block pool).
+    Lean: added in place into ``out``, which must be a fresh tensor nobody saved."""
+    if not lean:
+        factors = _block_factors(a.shape[-2:], out.shape[-2:])
+        up = a.repeat_interleave(factors[0], dim=2).repeat_interleave(factors[1], dim=3)
+        return out + up[:, :, :out.shape[-2], :out.shape[-1]]
+    if _grad_needed(out, a):
+        return _AddBlockUpsampled.apply(out, a)
+    return _add_block_broadcast_(out, a)

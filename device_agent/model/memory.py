@@ -7,7 +7,9 @@
   what stock autograd keeps, what the lean path keeps, what backward needs at minimum),
   and the sum is scaled by the batch size.
 - :func:`measure_peak_step` runs training steps in a fresh child process and reports the
-  RSS high-water mark of one step above the loaded model (and CUDA's peak when present).
+  RSS high-water mark of one step above the steady state (model, gradients and optimizer
+  state resident: shared/research/memory.md's definition) and above the freshly loaded
+  model (so gradients and optimizer state count too), plus CUDA's peak when present.
 """
 import itertools
 import json
@@ -154,17 +156,22 @@ def peak_step_child(spec: Dict[str, object]) -> Dict[str, object]:
     optimizer = make_optimizer(net, lr=1e-3)
     lean = bool(spec.get("lean", True))
     micro_batch = int(spec.get("micro_batch", 0))
-    baseline = _rss_bytes("VmRSS")
+    with torch.no_grad():  # lazily derived weights (normalized convs) belong to the model
+        net(images[:1], lean=lean)
+    loaded = _rss_bytes("VmRSS")
     cuda = device.type == "cuda"
-    for _ in range(2):
+    for _ in range(2):  # warm-up: gradients and optimizer state become resident
         train_step(net, optimizer, images, labels, lean=lean, micro_batch=micro_batch)
+    steady = _rss_bytes("VmRSS")
     if cuda:
         torch.cuda.synchronize()
         cuda_base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     reset = _reset_high_water_mark()
     train_step(net, optimizer, images, labels, lean=lean, micro_batch=micro_batch)
-    result = {"peak_step_mb": (_rss_bytes("VmHWM") - baseline) / MB,
+    peak = _rss_bytes("VmHWM")
+    result = {"peak_step_mb": (peak - steady) / MB,  # above model + grads + optimizer state
+              "peak_train_mb": (peak - loaded) / MB,  # above the freshly loaded model
               "hwm_reset": reset}  # type: Dict[str, object]
     if cuda:
         torch.cuda.synchronize()
@@ -194,3 +201,41 @@ def measure_peak_step(backbone: str, method: str, resolution: int, batch_size: i
 
 if __name__ == "__main__":
     print(json.dumps(peak_step_child(json.loads(sys.argv[1]))))
+
+
+# --- the report behind `device-agent memory` ---------------------------------------------
+
+def memory_report(backbone: str, resolution: int, batch_size: int, methods=None,
+                  peak: bool = True, micro_batch: int = 0) -> list:
+    """One row per method: measured / estimated / minimum saved activations, trainable
+    parameters, ratio to finetune, and (with ``peak``) the step's peak RSS. Random weights:
+    memory does not depend on weight values."""
+    from device_agent.model.builder import build_net
+    from device_agent.model.network import METHODS
+
+    names = list(methods or METHODS)
+    torch.manual_seed(0)
+    images = torch.randn(batch_size, 3, resolution, resolution)
+    labels = torch.arange(batch_size) % 10
+    rows = []
+    for name in names:
+        net = build_net(backbone, name, num_classes=10, weights="random").train()
+        lean = net.domain.backbone is None
+        estimate = estimate_saved_bytes(net, (3, resolution, resolution), batch_size)
+        row = {"method": name,
+               "saved_activation_mb": measure_saved_bytes(net, images, labels, lean) / MB,
+               "plain_saved_activation_mb": measure_saved_bytes(net, images, labels, False) / MB,
+               "estimated_mb": estimate["lean"] / MB,
+               "theoretical_min_mb": estimate["minimum"] / MB,
+               "trainable_params": trainable_parameters(net),
+               "peak_step_mb": None, "peak_train_mb": None}
+        if peak:
+            row.update(measure_peak_step(backbone, name, resolution, batch_size, lean=True,
+                                         micro_batch=micro_batch))
+            row.pop("hwm_reset", None)
+        rows.append(row)
+    finetune = next((r for r in rows if r["method"] == "finetune"), None)
+    for row in rows:
+        row["ratio_to_finetune"] = (finetune["saved_activation_mb"] / row["saved_activation_mb"]
+                                    if finetune and row["saved_activation_mb"] else None)
+    return rows

@@ -1,0 +1,98 @@
+"""``device-agent``: the command line. Importing this loads nothing heavy; each command
+imports its side (torch for model work) only when it runs."""
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+from device_agent import __version__
+from device_agent.errors import AgentError
+
+BACKBONE_DEFAULT = "efficientnet_lite0"
+
+
+def _add_memory(commands) -> None:
+    p = commands.add_parser("memory", help="training memory of every method on a backbone")
+    p.add_argument("--backbone", default=BACKBONE_DEFAULT)
+    p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--methods", nargs="+", help="default: all")
+    p.add_argument("--micro-batch", type=int, default=0,
+                   help="lean methods accumulate gradients over chunks of this size (peak)")
+    p.add_argument("--no-peak", action="store_true", help="skip the peak-RSS child processes")
+    p.add_argument("--json", action="store_true", help="print one JSON list")
+
+
+def _add_train(commands) -> None:
+    p = commands.add_parser("train", help="train one domain's adapter on an ImageFolder")
+    p.add_argument("data_dir", help="train/<class>/* (+ optional val/<class>/*) or <class>/*")
+    p.add_argument("--backbone", default=BACKBONE_DEFAULT)
+    p.add_argument("--method", default="da2")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--resolution", type=int, default=0, help="0: the backbone's input size")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=0.0, help="0: the method's default")
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--micro-batch", type=int, default=0)
+    p.add_argument("--patience", type=int, default=0, help="early-stopping patience; 0: off")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--no-hflip", action="store_true", help="no horizontal-flip augmentation")
+    p.add_argument("--plain", action="store_true", help="stock autograd (for comparison)")
+    p.add_argument("--train-bn", action="store_true", help="da2: also train BN scale/shift")
+    p.add_argument("--weights", help="backbone weights file, or 'random' (tests only)")
+    p.add_argument("--out", required=True, help="adapter directory (also holds the checkpoint)")
+    p.add_argument("--json", action="store_true", help="last line: one JSON object")
+
+
+def _add_predict(commands) -> None:
+    p = commands.add_parser("predict", help="classify images with a saved adapter")
+    p.add_argument("adapter_dir")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--weights", help="backbone weights file, or 'random' (tests only)")
+    p.add_argument("--json", action="store_true")
+
+
+def _add_demo(commands) -> None:
+    p = commands.add_parser("demo", help="train DA2 on real handwritten digits, no network")
+    p.add_argument("--work-dir", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--weights", help="backbone weights file, or 'random'")
+
+
+def _add_models(commands) -> None:
+    p = commands.add_parser("models", help="the backbone model repository (models/)")
+    p.add_argument("action", choices=("list", "verify"))
+    p.add_argument("names", nargs="*")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="device-agent", description=__doc__)
+    parser.add_argument("--version", action="version", version="device-agent " + __version__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_memory, _add_train, _add_predict, _add_demo, _add_models):
+        add(commands)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    from device_agent.cli import model_commands
+
+    handler = getattr(model_commands, "run_" + args.command)
+    try:
+        return handler(args)
+    except AgentError as exc:
+        print("error: %s" % exc.message, file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"error": exc.to_dict()}))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,199 @@
+"""Handlers of the torch-side commands: memory, train, predict, demo, models."""
+import json
+import os
+import sys
+from typing import Dict, List, Tuple
+
+import torch
+
+from device_agent.errors import InvalidInput
+from device_agent.model import adapter_io, backbones
+from device_agent.model.builder import build_net
+from device_agent.model.network import AdaptedNet
+from device_agent.training import data
+from device_agent.training.loop import TrainConfig, Trainer
+from device_agent.cli.progress import TrainingProgress
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def run_memory(args) -> int:
+    from device_agent.model.memory import memory_report
+
+    if args.resolution < 16 or args.batch_size < 1:
+        raise InvalidInput("resolution must be >= 16 and batch size >= 1")
+    rows = memory_report(args.backbone, args.resolution, args.batch_size, args.methods,
+                         peak=not args.no_peak, micro_batch=args.micro_batch)
+    if args.json:
+        keys = ("method", "saved_activation_mb", "estimated_mb", "theoretical_min_mb",
+                "trainable_params", "peak_step_mb")
+        extra = ("plain_saved_activation_mb", "peak_train_mb", "ratio_to_finetune",
+                 "cuda_peak_step_mb")
+        print(json.dumps([{k: row.get(k) for k in keys + extra if k in keys or k in row}
+                          for row in rows]))
+        return 0
+    print("%s, %d px, batch %d (random weights: memory does not depend on their values)"
+          % (args.backbone, args.resolution, args.batch_size))
+    print("%-22s %10s %10s %10s %10s %12s %9s %10s %10s" % (
+        "method", "saved MB", "plain MB", "estimate", "minimum", "trainable", "vs ft",
+        "step peak", "train peak"))
+    for row in rows:
+        print("%-22s %10.2f %10.2f %10.2f %10.2f %12d %9s %10s %10s" % (
+            row["method"], row["saved_activation_mb"], row["plain_saved_activation_mb"],
+            row["estimated_mb"], row["theoretical_min_mb"], row["trainable_params"],
+            _fmt(row["ratio_to_finetune"], ".1f") + "x", _fmt(row["peak_step_mb"], ".1f"),
+            _fmt(row["peak_train_mb"], ".1f")))
+    return 0
+
+
+def train_domain(data_dir: str, args, backbone: str, method: str) -> Dict[str, object]:
+    """Train and save one domain; returns the result with the adapter's size."""
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         label_smoothing=args.label_smoothing, resolution=args.resolution,
+                         seed=args.seed, lean=not args.plain, micro_batch=args.micro_batch,
+                         patience=args.patience, hflip=not args.no_hflip,
+                         val_fraction=args.val_fraction).validate()
+    torch.manual_seed(config.seed)
+    split = data.discover(data_dir, config.val_fraction, config.seed)
+    net = build_net(backbone, method, len(split.classes), weights=args.weights,
+                    train_bn=args.train_bn)
+    trainer = Trainer(net, split, config, args.out, TrainingProgress())
+    result = trainer.run()
+    saved = adapter_io.save_domain(net, net.active, args.out, split.classes, trainer.resolution,
+                                   metrics={k: v for k, v in result.items() if k != "history"})
+    trainer.clear_checkpoint()
+    result["adapter_bytes"] = saved["weights_bytes"]
+    result["adapter_dir"] = os.path.abspath(args.out)
+    return result
+
+
+def run_train(args) -> int:
+    result = train_domain(args.data_dir, args, args.backbone, args.method)
+    summary = {k: result[k] for k in (
+        "method", "backbone", "epochs", "train_images", "val_images", "val_top1",
+        "trainable_params", "adapter_bytes", "saved_activation_mb", "peak_rss_mb",
+        "images_per_sec")}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print("%-20s %s" % (key, value))
+        print("adapter saved to %s" % result["adapter_dir"])
+    return 0
+
+
+def load_for_predict(adapter_dir: str, weights=None) -> Tuple[AdaptedNet, Dict[str, object]]:
+    config = adapter_io.read_config(adapter_dir)
+    backbone, info = backbones.build_backbone(config["backbone"]["name"], weights)
+    net = AdaptedNet(backbone)
+    net.backbone_info = info
+    return net, adapter_io.load_domain(net, adapter_dir, "domain")
+
+
+def predict_images(net: AdaptedNet, config: Dict[str, object], paths: List[str],
+                   top_k: int) -> List[Dict[str, object]]:
+    settings = data.TransformSettings(int(config["input_size"]), config["mean"], config["std"])
+    transform = data.eval_transform(settings)
+    batch = torch.stack([transform(data.load_rgb(p)) for p in paths])
+    net.eval()
+    with torch.no_grad():
+        probs = torch.softmax(net(batch), dim=1)
+    k = min(top_k, probs.shape[1])
+    top = probs.topk(k, dim=1)
+    names = config["class_names"]
+    return [{"image": path, "top": [{"class": names[i], "probability": round(p, 6)}
+                                    for p, i in zip(values.tolist(), indices.tolist())]}
+            for path, values, indices in zip(paths, top.values, top.indices)]
+
+
+def run_predict(args) -> int:
+    missing = [p for p in args.images if not os.path.isfile(p)]
+    if missing:
+        raise InvalidInput("no such image: %s" % ", ".join(missing[:3]))
+    if args.top_k < 1:
+        raise InvalidInput("--top-k must be >= 1")
+    net, config = load_for_predict(args.adapter_dir, args.weights)
+    results = predict_images(net, config, args.images, args.top_k)
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    for result in results:
+        best = ", ".join("%s %.3f" % (t["class"], t["probability"]) for t in result["top"])
+        print("%s: %s" % (result["image"], best))
+    return 0
+
+
+def run_demo(args) -> int:
+    from device_agent.demo import write_digits_folder
+    from device_agent.model.memory import memory_report
+
+    root = os.path.join(args.work_dir, "digits")
+    counts = write_digits_folder(root)
+    print("demo domain: handwritten digits (UCI via scikit-learn), %d train / %d val images"
+          % (counts["train"], counts["val"]))
+    results = []
+    for method in ("last", "da2"):
+        print("\ntraining %s on efficientnet_lite0 (ImageNet weights), %d px" % (
+            method, args.resolution))
+        train_args = _demo_train_args(args, os.path.join(args.work_dir, "adapter-" + method))
+        results.append(train_domain(root, train_args, "efficientnet_lite0", method))
+    print("\n%-6s %8s %12s %14s %12s %8s" % ("method", "val top1", "trainable", "adapter bytes",
+                                              "saved MB", "img/s"))
+    for r in results:
+        print("%-6s %8.3f %12d %14d %12.2f %8.1f" % (
+            r["method"], r["val_top1"], r["trainable_params"], r["adapter_bytes"],
+            r["saved_activation_mb"], r["images_per_sec"]))
+    samples = sorted(os.path.join(root, "val", d, os.listdir(os.path.join(root, "val", d))[0])
+                     for d in ("3", "7"))
+    print("\npredictions of the da2 adapter:")
+    run_predict(_Namespace(adapter_dir=results[-1]["adapter_dir"], images=samples, top_k=2,
+                           weights=args.weights, json=False))
+    print("\ntraining memory at 224 px, batch 8 (saved activations, MB):")
+    for row in memory_report("efficientnet_lite0", 224, 8, ["finetune", "last", "da2"], peak=False):
+        ratio = row["ratio_to_finetune"]
+        print("  %-9s %8.2f  %s" % (row["method"], row["saved_activation_mb"],
+                                   "baseline" if row["method"] == "finetune"
+                                   else "%.0fx less than finetune" % ratio))
+    return 0
+
+
+class _Namespace(object):
+    def __init__(self, **values) -> None:
+        self.__dict__.update(values)
+
+
+def _demo_train_args(args, out: str) -> _Namespace:
+    return _Namespace(epochs=args.epochs, batch_size=32, lr=0.0, label_smoothing=0.1,
+                      resolution=args.resolution, seed=0, plain=False, micro_batch=0,
+                      patience=0, no_hflip=True, val_fraction=0.2, train_bn=False,
+                      weights=args.weights, out=out)
+
+
+def run_models(args) -> int:
+    manifest = backbones.load_manifest()
+    names = args.names or sorted(manifest)
+    failures = 0
+    for name in names:
+        info = backbones.backbone_info(name)
+        try:
+            path = backbones.find_weights(info)
+        except Exception as exc:  # a missing file is a finding here, not a crash
+            print("%-20s MISSING  %s" % (name, getattr(exc, "message", exc)))
+            failures += 1
+            continue
+        if args.action == "list":
+            print("%-20s present  %s" % (name, path))
+            continue
+        try:
+            backbones.verify_weights(info, path)
+            print("%-20s OK       %s" % (name, path))
+        except Exception as exc:
+            print("%-20s BAD      %s" % (name, getattr(exc, "message", exc)))
+            failures += 1
+    if args.action == "verify" and failures:
+        print("%d of %d backbones are missing or do not match the manifest" % (
+            failures, len(names)), file=sys.stderr)
+        return 3
+    return 0

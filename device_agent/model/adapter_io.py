@@ -1,0 +1,135 @@
+"""A domain saved apart from its backbone, PEFT-style: adapter_config.json + safetensors.
+
+Both files are written atomically, weights first; the config, written last, records the
+weights file's SHA-256, so a crash between the two writes leaves an artifact that fails
+to load loudly instead of loading the wrong tensors. Loading checks that the backbone
+matches (name and weights hash) and that every tensor's name and shape is what the
+method builds. Nothing is ever unpickled.
+"""
+import hashlib
+import json
+import os
+from typing import Dict, List, Optional
+
+import torch
+
+from device_agent import __version__
+from device_agent.errors import ArtifactError, WeightsMismatch
+from device_agent.model import safetensors_io
+from device_agent.model.network import AdaptedNet, DomainModule
+from device_agent.store import atomic
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+FORMAT = "device-agent-adapter"
+FORMAT_VERSION = 1
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def save_domain(net: AdaptedNet, name: str, directory: str, class_names: List[str],
+                input_size: int, metrics: Optional[Dict[str, object]] = None) -> Dict[str, object]:
+    """Write domain ``name`` of ``net`` into ``directory``; returns the config written."""
+    domain = net.set_active(name)
+    if len(class_names) != domain.head[1].out_features:
+        raise ArtifactError("%d class names for a %d-class head"
+                            % (len(class_names), domain.head[1].out_features))
+    blob = safetensors_io.dumps(domain.state_dict(), {"format": FORMAT})
+    info = net.backbone_info
+    config = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "agent_version": __version__,
+        "backbone": {"name": info["name"], "weights_sha256": info["weights_sha256"]},
+        "method": domain.method.name, "adapter_settings": domain.adapter_settings,
+        "train_bn": domain.train_bn, "dropout": domain.head[0].p,
+        "class_names": list(class_names), "input_size": int(input_size),
+        "mean": list(info["mean"]), "std": list(info["std"]),
+        "metrics": dict(metrics or {}),
+        "weights_file": WEIGHTS_NAME, "weights_sha256": hashlib.sha256(blob).hexdigest(),
+        "weights_bytes": len(blob),
+    }
+    atomic.write_bytes(os.path.join(directory, WEIGHTS_NAME), blob)
+    atomic.write_json(os.path.join(directory, CONFIG_NAME), config)
+    return config
+
+
+def read_config(directory: str) -> Dict[str, object]:
+    path = os.path.join(directory, CONFIG_NAME)
+    if not os.path.isfile(path):
+        raise ArtifactError("no %s in %s" % (CONFIG_NAME, directory))
+    if os.path.getsize(path) > MAX_CONFIG_BYTES:
+        raise ArtifactError("%s is larger than %d bytes" % (CONFIG_NAME, MAX_CONFIG_BYTES))
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            config = json.load(handle)
+    except ValueError as exc:
+        raise ArtifactError("%s is not valid JSON: %s" % (CONFIG_NAME, exc))
+    _check_config(config)
+    return config
+
+
+def _check_config(config: object) -> None:
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ArtifactError("not a device-agent adapter config")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError("adapter format version %r; this agent reads %d"
+                            % (config.get("format_version"), FORMAT_VERSION))
+    required = {"backbone": dict, "method": str, "class_names": list, "input_size": int,
+                "weights_sha256": str, "adapter_settings": dict, "mean": list, "std": list}
+    for key, kind in required.items():
+        if not isinstance(config.get(key), kind):
+            raise ArtifactError("adapter config field %r is missing or not a %s"
+                                % (key, kind.__name__))
+    if not all(isinstance(c, str) for c in config["class_names"]):
+        raise ArtifactError("class_names must be strings")
+
+
+def load_domain(net: AdaptedNet, directory: str, name: str,
+                check_backbone: bool = True) -> Dict[str, object]:
+    """Add the domain saved in ``directory`` to ``net`` as ``name``; returns its config."""
+    config = read_config(directory)
+    backbone = config["backbone"]
+    info = net.backbone_info
+    if backbone.get("name") != info["name"]:
+        raise WeightsMismatch("adapter was trained on backbone %r, this one is %r"
+                              % (backbone.get("name"), info["name"]))
+    if check_backbone and backbone.get("weights_sha256") != info["weights_sha256"]:
+        raise WeightsMismatch("adapter was trained on backbone weights %s, these are %s"
+                              % (backbone.get("weights_sha256"), info["weights_sha256"]))
+    tensors = _read_weights(directory, config["weights_sha256"])
+    try:
+        domain = DomainModule(net.backbone, config["method"], len(config["class_names"]),
+                              config["adapter_settings"], bool(config.get("train_bn", False)),
+                              float(config.get("dropout", 0.2)))
+    except ValueError as exc:
+        raise ArtifactError("adapter config is invalid: %s" % exc)
+    _load_strict(domain, tensors)
+    net.add_domain(name, domain.eval())
+    return config
+
+
+def _read_weights(directory: str, expected_sha256: str) -> Dict[str, torch.Tensor]:
+    path = os.path.join(directory, WEIGHTS_NAME)
+    if not os.path.isfile(path):
+        raise ArtifactError("no %s in %s" % (WEIGHTS_NAME, directory))
+    with open(path, "rb") as handle:
+        blob = handle.read()
+    if hashlib.sha256(blob).hexdigest() != expected_sha256:
+        raise ArtifactError("%s does not match the hash in %s" % (WEIGHTS_NAME, CONFIG_NAME))
+    try:
+        tensors, _ = safetensors_io.loads(blob)
+    except safetensors_io.SafetensorsError as exc:
+        raise ArtifactError("%s is malformed: %s" % (WEIGHTS_NAME, exc))
+    return tensors
+
+
+def _load_strict(domain: DomainModule, tensors: Dict[str, torch.Tensor]) -> None:
+    expected = domain.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise ArtifactError("adapter tensors do not fit method %r: missing %s, unexpected %s"
+                            % (domain.method.name, missing[:3], unexpected[:3]))
+    for key, value in tensors.items():
+        if tuple(value.shape) != tuple(expected[key].shape) or value.dtype != expected[key].dtype:
+            raise ArtifactError("tensor %r is %s %s, expected %s %s" % (
+                key, value.dtype, tuple(value.shape), expected[key].dtype, tuple(expected[key].shape)))
+    domain.load_state_dict(tensors)
