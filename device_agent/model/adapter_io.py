@@ -30,16 +30,16 @@ def save_domain(net: AdaptedNet, name: str, directory: str, class_names: List[st
                 input_size: int, metrics: Optional[Dict[str, object]] = None) -> Dict[str, object]:
     """Write domain ``name`` of ``net`` into ``directory``; returns the config written."""
     domain = net.set_active(name)
-    if len(class_names) != domain.head[1].out_features:
+    if len(class_names) != domain.head.classes:
         raise ArtifactError("%d class names for a %d-class head"
-                            % (len(class_names), domain.head[1].out_features))
+                            % (len(class_names), domain.head.classes))
     blob = safetensors_io.dumps(domain.state_dict(), {"format": FORMAT})
     info = net.backbone_info
     config = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "agent_version": __version__,
         "backbone": {"name": info["name"], "weights_sha256": info["weights_sha256"]},
         "method": domain.method.name, "adapter_settings": domain.adapter_settings,
-        "train_bn": domain.train_bn, "dropout": domain.head[0].p,
+        "train_bn": domain.train_bn, "dropout": domain.head.dropout,
         "class_names": list(class_names), "input_size": int(input_size),
         "mean": list(info["mean"]), "std": list(info["std"]),
         "metrics": dict(metrics or {}),

@@ -348,3 +348,34 @@ def add_block_upsampled(out: torch.Tensor, a: torch.Tensor, lean: bool) -> torch
     if _grad_needed(out, a):
         return _AddBlockUpsampled.apply(out, a)
     return _add_block_broadcast_(out, a)
+
+
+def _dropout_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    # Drawn like F.dropout on CPU (bernoulli_ on an empty tensor): same seed, same mask.
+    return torch.empty_like(x).bernoulli_(1 - p)
+
+
+class _PackedDropout(torch.autograd.Function):
+    """Dropout that keeps a 1-bit mask (stock CPU dropout keeps a float one)."""
+
+    @staticmethod
+    def forward(ctx, x, p):
+        keep = _dropout_mask(x, p)
+        ctx.p, ctx.shape = p, x.shape
+        ctx.save_for_backward(pack_bits(keep.bool()))
+        return x * keep.div_(1 - p)
+
+    @staticmethod
+    def backward(ctx, grad):
+        packed, = ctx.saved_tensors
+        return grad * unpack_bits(packed, ctx.shape) / (1 - ctx.p), None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool, lean: bool) -> torch.Tensor:
+    if not training or p == 0:
+        return x
+    if p >= 1:
+        return torch.zeros_like(x)
+    if lean and _grad_needed(x):
+        return _PackedDropout.apply(x, p)
+    return F.dropout(x, p, training=True)

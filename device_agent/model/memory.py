@@ -109,12 +109,16 @@ def _features_for_estimate(net: AdaptedNet, x: torch.Tensor) -> torch.Tensor:
 
 
 def _head_rule(net: AdaptedNet, features: torch.Tensor) -> Dict[str, float]:
-    """Dropout mask (bool), the linear layer's input and the log-softmax output."""
-    dropout, linear = net.domain.head[0], net.domain.head[1]
+    """The linear layer's input, the log-softmax output and the dropout mask: stock CPU
+    dropout keeps it as floats (``input * noise``), the lean one as bits."""
+    head = net.domain.head
     numel = features.numel()
-    fixed = 4.0 * (numel + linear.out_features)
-    mask = numel if features.requires_grad and dropout.p > 0 else 0
-    return {"plain": fixed + mask, "lean": fixed + mask, "minimum": fixed + mask / 8.0}
+    fixed = 4.0 * (numel + head.classes)
+    masked = features.requires_grad and head.dropout > 0
+    if not masked:
+        return {"plain": fixed, "lean": fixed, "minimum": fixed}
+    return {"plain": fixed + 4.0 * numel, "lean": fixed + (numel + 7) // 8,
+            "minimum": fixed + numel / 8.0}
 
 
 def trainable_parameters(net: AdaptedNet) -> int:

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from device_agent.errors import InvalidInput, UnknownName
+from device_agent.model import lean_ops
 from device_agent.model.adapters import ADAPTERS, da2_settings
 from device_agent.model.layers import Backbone, RunContext
 
@@ -42,6 +43,24 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
+class Head(nn.Module):
+    """The domain's classifier: dropout (a 1-bit mask on the lean path) and a linear layer."""
+
+    def __init__(self, features: int, classes: int, dropout: float) -> None:
+        super().__init__()
+        if not 0 <= dropout < 1:
+            raise InvalidInput("dropout must be in [0, 1)")
+        self.dropout = dropout
+        self.linear = nn.Linear(features, classes)
+
+    @property
+    def classes(self) -> int:
+        return self.linear.out_features
+
+    def forward(self, features: torch.Tensor, lean: bool) -> torch.Tensor:
+        return self.linear(lean_ops.dropout(features, self.dropout, self.training, lean))
+
+
 class DomainModule(nn.Module):
     """The trainable part of one domain."""
 
@@ -58,7 +77,7 @@ class DomainModule(nn.Module):
         self.adapters = nn.ModuleDict()
         self.affine = nn.ParameterDict()
         self.backbone = None  # type: Optional[Backbone]
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(backbone.feature_dim, num_classes))
+        self.head = Head(backbone.feature_dim, num_classes, dropout)
         self._build(backbone)
 
     def _build(self, backbone: Backbone) -> None:
@@ -160,8 +179,9 @@ class AdaptedNet(nn.Module):
         if domain.backbone is not None:  # finetune has no lean path
             ctx = RunContext(lean=False, domain=domain, bn_train=domain.training)
             features = domain.backbone(x, ctx)
+            lean = False
         else:
             ctx = RunContext(lean=lean, domain=domain)
             start = domain.first_trainable_stage(self.backbone) if lean else 0
             features = self.backbone(x, ctx, start, self.prefix_micro_batch)
-        return domain.head(features)
+        return domain.head(features, lean)
