@@ -10,9 +10,9 @@ def write_digits_folder(root: str, seed: int = 0, val_fraction: float = 0.2) -> 
     """``root``/train/<digit>/*.png and ``root``/val/<digit>/*.png; returns the counts."""
     try:
         from sklearn.datasets import load_digits
-    except ImportError:
+    except ImportError as exc:
         raise InvalidInput("the demo's data ships in scikit-learn: pip install scikit-learn "
-                           "(or: pip install -e '.[demo]')")
+                           "(or: pip install -e '.[demo]')") from exc
     import numpy as np
     from PIL import Image
 

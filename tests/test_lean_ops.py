@@ -113,7 +113,8 @@ def test_add_block_upsampled_matches_plain(low, size):
 
 
 def test_recompute_matches_autograd():
-    module = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
+    nn = torch.nn
+    module = nn.Sequential(nn.Conv2d(4, 4, 1), nn.ReLU(), nn.Conv2d(4, 2, 1))
     h = torch.randn(2, 4, 5, 5)
     out_p, (gp,) = _grads(module, h)
     params_p = [p.grad.clone() for p in module.parameters()]

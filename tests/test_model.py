@@ -3,10 +3,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import needs_lite0
 from device_agent.model.builder import build_net
 from device_agent.model.layers import RunContext
 from device_agent.model.network import METHODS
+
+from conftest import needs_lite0
 
 BACKBONES = ["resnet18", "resnet50", "mobilenet_v2", "efficientnet_lite0"]
 LEAN_METHODS = [m for m in METHODS if m != "finetune"]

@@ -6,13 +6,13 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from device_agent.cli.progress import TrainingProgress
 from device_agent.errors import InvalidInput
 from device_agent.model import adapter_io, backbones
 from device_agent.model.builder import build_net
 from device_agent.model.network import AdaptedNet
 from device_agent.training import data
 from device_agent.training.loop import TrainConfig, Trainer
-from device_agent.cli.progress import TrainingProgress
 
 
 def _fmt(value, spec: str) -> str:

@@ -58,10 +58,10 @@ def read_config(directory: str) -> Dict[str, object]:
     if os.path.getsize(path) > MAX_CONFIG_BYTES:
         raise ArtifactError("%s is larger than %d bytes" % (CONFIG_NAME, MAX_CONFIG_BYTES))
     try:
-        with open(path, "r", encoding="utf-8") as handle:
+        with open(path, encoding="utf-8") as handle:
             config = json.load(handle)
     except ValueError as exc:
-        raise ArtifactError("%s is not valid JSON: %s" % (CONFIG_NAME, exc))
+        raise ArtifactError("%s is not valid JSON: %s" % (CONFIG_NAME, exc)) from exc
     _check_config(config)
     return config
 
@@ -100,7 +100,7 @@ def load_domain(net: AdaptedNet, directory: str, name: str,
                               config["adapter_settings"], bool(config.get("train_bn", False)),
                               float(config.get("dropout", 0.2)))
     except ValueError as exc:
-        raise ArtifactError("adapter config is invalid: %s" % exc)
+        raise ArtifactError("adapter config is invalid: %s" % exc) from exc
     _load_strict(domain, tensors)
     net.add_domain(name, domain.eval())
     return config
@@ -117,7 +117,7 @@ def _read_weights(directory: str, expected_sha256: str) -> Dict[str, torch.Tenso
     try:
         tensors, _ = safetensors_io.loads(blob)
     except safetensors_io.SafetensorsError as exc:
-        raise ArtifactError("%s is malformed: %s" % (WEIGHTS_NAME, exc))
+        raise ArtifactError("%s is malformed: %s" % (WEIGHTS_NAME, exc)) from exc
     return tensors
 
 
@@ -130,6 +130,7 @@ def _load_strict(domain: DomainModule, tensors: Dict[str, torch.Tensor]) -> None
                             % (domain.method.name, missing[:3], unexpected[:3]))
     for key, value in tensors.items():
         if tuple(value.shape) != tuple(expected[key].shape) or value.dtype != expected[key].dtype:
+            want = expected[key]
             raise ArtifactError("tensor %r is %s %s, expected %s %s" % (
-                key, value.dtype, tuple(value.shape), expected[key].dtype, tuple(expected[key].shape)))
+                key, value.dtype, tuple(value.shape), want.dtype, tuple(want.shape)))
     domain.load_state_dict(tensors)

@@ -28,7 +28,7 @@ def models_dir() -> str:
 
 def load_manifest(directory: Optional[str] = None) -> Dict[str, dict]:
     path = os.path.join(directory or models_dir(), "manifest.json")
-    with open(path, "r", encoding="utf-8") as handle:
+    with open(path, encoding="utf-8") as handle:
         return json.load(handle)["backbones"]
 
 

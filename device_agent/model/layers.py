@@ -317,7 +317,8 @@ class Backbone(nn.Module):
         if start > 0:
             with torch.no_grad():
                 if 0 < prefix_micro_batch < x.shape[0]:
-                    x = torch.cat([self._run(c, ctx, 0, start) for c in x.split(prefix_micro_batch)])
+                    chunks = x.split(prefix_micro_batch)
+                    x = torch.cat([self._run(c, ctx, 0, start) for c in chunks])
                 else:
                     x = self._run(x, ctx, 0, start)
         x = self._run(x, ctx, start, len(self.stages))

@@ -312,7 +312,8 @@ def _block_view(t: torch.Tensor, rows, cols, fh: int, fw: int) -> torch.Tensor:
 
 def _add_block_broadcast_(out: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     factors = _block_factors(a.shape[-2:], out.shape[-2:])
-    for rows, cols, low_rows, low_cols, fh, fw in _block_regions(a.shape[-2:], out.shape[-2:], factors):
+    regions = _block_regions(a.shape[-2:], out.shape[-2:], factors)
+    for rows, cols, low_rows, low_cols, fh, fw in regions:
         cells = a[:, :, low_rows[0]:low_rows[1], low_cols[0]:low_cols[1]]
         _block_view(out, rows, cols, fh, fw).add_(cells[:, :, :, None, :, None])
     return out

@@ -3,7 +3,7 @@
 - :func:`measure_saved_bytes` counts what autograd really keeps for backward, exactly, with
   ``saved_tensors_hooks`` (unique storages; parameters and buffers excluded).
 - :func:`estimate_saved_bytes` is an analytic model in the spirit of TinyTL's profiler: a
-  batch-1 pass records shapes, every stage applies its per-path rule (``activation_rule``:
+  probe pass records shapes, every stage applies its per-path rule (``activation_rule``:
   what stock autograd keeps, what the lean path keeps, what backward needs at minimum),
   and the sum is scaled by the batch size.
 - :func:`measure_peak_step` runs training steps in a fresh child process and reports the
@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from device_agent.model.network import AdaptedNet
 
 PATHS = ("plain", "lean", "minimum")
+PROBE = 2  # the estimator's probe batch
 MB = 1e6
 
 
@@ -41,11 +42,20 @@ def model_state_storages(model: nn.Module) -> set:
     return {_storage(t)[0] for t in itertools.chain(model.parameters(), model.buffers())}
 
 
+def materialize(net: AdaptedNet, images: torch.Tensor, lean: bool) -> None:
+    """One eval-mode forward that creates lazily derived weights (normalized convs): they
+    are model state, not activations. Eval mode leaves finetune's BN statistics alone."""
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        net(images[:1], lean=lean)
+    net.train(was_training)
+
+
 def measure_saved_bytes(net: AdaptedNet, images: torch.Tensor, labels: torch.Tensor,
                         lean: bool) -> int:
     """Bytes of unique storages autograd saves for one forward + loss (model state excluded)."""
-    with torch.no_grad():  # materialise folded weights: they are model state, not activations
-        net(images[:1], lean=lean)
+    materialize(net, images, lean)
     state = model_state_storages(net)
     saved = {}  # type: Dict[int, int]
 
@@ -69,9 +79,10 @@ def _ledger_key(key, module: nn.Module):
 
 def estimate_saved_bytes(net: AdaptedNet, image_shape: Tuple[int, int, int],
                          batch_size: int) -> Dict[str, float]:
-    """Analytic saved-activation bytes per path ("plain", "lean", "minimum")."""
+    """Analytic saved-activation bytes per path ("plain", "lean", "minimum"), from a
+    shape-recording pass at batch 2 (train-mode BN needs two samples), scaled linearly."""
     ledgers = {path: {} for path in PATHS}  # type: Dict[str, Dict[object, float]]
-    keep_alive = []  # batch-1 tensors stay referenced so storage addresses stay unique
+    keep_alive = []  # probe tensors stay referenced so storage addresses stay unique
 
     def hook(module, inputs, output):
         keep_alive.extend([inputs[0], output])
@@ -84,7 +95,7 @@ def estimate_saved_bytes(net: AdaptedNet, image_shape: Tuple[int, int, int],
     net.train()
     try:
         with torch.enable_grad():
-            features = _features_for_estimate(net, torch.zeros((1,) + tuple(image_shape)))
+            features = _features_for_estimate(net, torch.zeros((PROBE,) + tuple(image_shape)))
     finally:
         for handle in handles:
             handle.remove()
@@ -93,7 +104,7 @@ def estimate_saved_bytes(net: AdaptedNet, image_shape: Tuple[int, int, int],
     totals = {}
     for path in PATHS:
         ledger_total = sum(ledgers[path].values()) + head_bytes[path]
-        totals[path] = ledger_total * batch_size
+        totals[path] = ledger_total * batch_size / float(PROBE)
     if net.domain.backbone is not None:  # finetune runs on the plain path only
         totals["lean"] = totals["plain"]
     return totals
@@ -160,8 +171,7 @@ def peak_step_child(spec: Dict[str, object]) -> Dict[str, object]:
     optimizer = make_optimizer(net, lr=1e-3)
     lean = bool(spec.get("lean", True))
     micro_batch = int(spec.get("micro_batch", 0))
-    with torch.no_grad():  # lazily derived weights (normalized convs) belong to the model
-        net(images[:1], lean=lean)
+    materialize(net, images, lean)
     loaded = _rss_bytes("VmRSS")
     cuda = device.type == "cuda"
     for _ in range(2):  # warm-up: gradients and optimizer state become resident
@@ -197,7 +207,7 @@ def measure_peak_step(backbone: str, method: str, resolution: int, batch_size: i
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
     proc = subprocess.run([sys.executable, "-m", "device_agent.model.memory", json.dumps(spec)],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                          timeout=timeout, universal_newlines=True)
+                          timeout=timeout, text=True)
     if proc.returncode != 0:
         raise RuntimeError("peak measurement failed: %s" % proc.stderr.strip()[-500:])
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -61,7 +61,7 @@ def loads(blob: bytes) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     try:
         header = json.loads(blob[8:8 + header_len].decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise SafetensorsError("header is not JSON: %s" % exc)
+        raise SafetensorsError("header is not JSON: %s" % exc) from exc
     if not isinstance(header, dict):
         raise SafetensorsError("header is not a JSON object")
     metadata = header.pop("__metadata__", None) or {}

@@ -8,7 +8,7 @@ silently used.
 import math
 import os
 import random
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
@@ -93,7 +93,8 @@ def load_rgb(path: str, max_pixels: int = 64 * 1024 * 1024) -> Image.Image:
     """Decode any still-image mode to RGB; alpha is composited on white."""
     with Image.open(path) as image:
         if image.width * image.height > max_pixels:
-            raise InvalidInput("%s has %dx%d pixels, over the limit" % (path, image.width, image.height))
+            raise InvalidInput("%s has %dx%d pixels, over the limit"
+                               % (path, image.width, image.height))
         image.seek(0)
         image.load()
         return to_rgb(image)

@@ -13,7 +13,7 @@ import os
 import resource
 import shutil
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -141,7 +141,7 @@ class Trainer(object):
         meta_path = os.path.join(self.checkpoint_dir, "state.json")
         if not os.path.isfile(meta_path):
             return False
-        with open(meta_path, "r", encoding="utf-8") as handle:
+        with open(meta_path, encoding="utf-8") as handle:
             meta = json.load(handle)
         if meta.get("fingerprint") != self.fingerprint():
             raise InvalidInput("%s holds a checkpoint of a different run; use another --out "

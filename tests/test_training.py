@@ -1,0 +1,111 @@
+"""The training engine: real data, early stopping, checkpoints and resume."""
+import os
+
+import pytest
+import torch
+
+from device_agent.errors import InvalidInput
+from device_agent.model.builder import build_net
+from device_agent.training import data
+from device_agent.training.loop import TrainConfig, Trainer
+
+from conftest import needs_lite0
+
+
+@needs_lite0
+def test_da2_on_real_digits_beats_chance_by_far(digits_dir, tmp_path):
+    torch.manual_seed(0)
+    split = data.discover(digits_dir)
+    assert len(split.classes) == 10 and len(split.train) > 1000 and len(split.val) > 300
+    net = build_net("efficientnet_lite0", "da2", len(split.classes))
+    config = TrainConfig(epochs=2, batch_size=32, resolution=32, hflip=False)
+    result = Trainer(net, split, config, str(tmp_path)).run()
+    assert result["val_top1"] > 0.6  # chance is 0.1; measured 0.7-0.8 here
+    assert result["epochs"] == 2 and result["saved_activation_mb"] > 0
+    assert result["images_per_sec"] > 0 and result["trainable_params"] > 0
+
+
+def _resnet_run(folder, out, epochs, on_progress=None):
+    torch.manual_seed(0)
+    split = data.discover(folder, val_fraction=0.34, seed=0)
+    net = build_net("resnet18", "da2", len(split.classes), weights="random")
+    config = TrainConfig(epochs=epochs, batch_size=4, resolution=32, lr=1e-2)
+    trainer = Trainer(net, split, config, out, on_progress)
+    return trainer, trainer.run()
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_a_killed_run_resumes_to_the_same_result(small_folder, tmp_path):
+    whole, _ = _resnet_run(small_folder, str(tmp_path / "whole"), 3)
+
+    def crash(event):
+        if event["event"] == "step" and event["epoch"] == 1 and event["step"] == 2:
+            raise _Crash()
+
+    with pytest.raises(_Crash):
+        _resnet_run(small_folder, str(tmp_path / "resumed"), 3, crash)
+    assert os.path.isfile(str(tmp_path / "resumed" / "checkpoint" / "state.json"))
+    resumed, result = _resnet_run(small_folder, str(tmp_path / "resumed"), 3)
+    assert result["resumed"] and result["epochs"] == 3
+    expected, got = whole.net.domain.state_dict(), resumed.net.domain.state_dict()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert [h["val_top1"] for h in whole.history] == [h["val_top1"] for h in resumed.history]
+
+
+def test_a_checkpoint_of_another_run_is_refused(small_folder, tmp_path):
+    _resnet_run(small_folder, str(tmp_path), 1)
+    with pytest.raises(InvalidInput):
+        _resnet_run(small_folder, str(tmp_path), 2)
+
+
+def test_early_stopping_keeps_the_best_epoch(small_folder, tmp_path):
+    torch.manual_seed(0)
+    split = data.discover(small_folder, val_fraction=0.34)
+    net = build_net("resnet18", "last", 3, weights="random")
+    config = TrainConfig(epochs=8, batch_size=4, resolution=32, lr=1e-9, patience=1)
+    trainer = Trainer(net, split, config, str(tmp_path))
+    result = trainer.run()  # a vanishing learning rate cannot improve: stops after 2 epochs
+    assert result["epochs"] == 2 and len(trainer.history) == 2
+
+
+def test_stratified_split_is_seeded_and_keeps_every_class():
+    samples = [("img%d" % i, i % 3) for i in range(30)]
+    train, val = data.stratified_split(samples, 0.2, seed=1)
+    assert data.stratified_split(samples, 0.2, seed=1) == (train, val)
+    assert sorted({label for _, label in val}) == [0, 1, 2]
+    assert len(train) + len(val) == 30 and not set(train) & set(val)
+
+
+@pytest.mark.parametrize("layout,message", [
+    ({"a": 1}, "at least 2 classes"), ({"a": 1, "b": 0}, "at least 2 classes"),
+    ({"train/a": 1, "train/b": 1, "val/c": 1}, "missing from train")])
+def test_bad_layouts_are_clear_errors(tmp_path, layout, message):
+    from PIL import Image
+
+    for directory, count in layout.items():
+        os.makedirs(str(tmp_path / directory))
+        for i in range(count):
+            Image.new("RGB", (8, 8)).save(str(tmp_path / directory / ("%d.png" % i)))
+    with pytest.raises(InvalidInput, match=message):
+        data.discover(str(tmp_path))
+
+
+@pytest.mark.parametrize("mode", ["CMYK", "P", "I;16", "LA", "RGBA", "L", "1"])
+def test_every_image_mode_decodes_to_rgb(tmp_path, mode):
+    from PIL import Image
+
+    path = str(tmp_path / ("x.%s" % ("tiff" if mode in ("CMYK", "I;16") else "png")))
+    Image.new(mode, (5, 7)).save(path)
+    image = data.load_rgb(path)
+    assert image.mode == "RGB" and image.size == (5, 7)
+
+
+@pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", 0), ("lr", -1.0),
+                                         ("lr", float("nan")), ("resolution", 4),
+                                         ("label_smoothing", 1.0), ("val_fraction", 1.0)])
+def test_absurd_settings_are_refused(field, value):
+    with pytest.raises(InvalidInput):
+        TrainConfig(**{field: value}).validate()
