@@ -13,7 +13,7 @@ def cli(*args, env=None):
     environment = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
     return subprocess.run([sys.executable, "-m", "device_agent"] + list(args),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, env=environment, timeout=600)
+                          universal_newlines=True, env=environment, timeout=600)
 
 
 def test_train_then_predict(small_folder, tmp_path):

@@ -17,5 +17,5 @@ def test_torch_side_syntax_floor_is_python_3_6():
     proc = subprocess.run([sys.executable, "-c", run_vermin, "--target=3.6-", "--violations",
                            "--no-tips", "--eval-annotations"] + PY36_ROOMS, cwd=ROOT,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+                          universal_newlines=True)
     assert proc.returncode == 0, proc.stdout

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from device_agent.model.builder import build_net
-from device_agent.model.memory import estimate_saved_bytes, measure_peak_step, measure_saved_bytes
+from device_agent.model.memory import estimate_saved_bytes, measure_saved_bytes
 from device_agent.model.network import METHODS
+from device_agent.training.profile import measure_peak_step
 
 BACKBONES = ["resnet18", "resnet50", "mobilenet_v2", "efficientnet_lite0"]
 

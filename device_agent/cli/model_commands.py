@@ -20,7 +20,7 @@ def _fmt(value, spec: str) -> str:
 
 
 def run_memory(args) -> int:
-    from device_agent.model.memory import memory_report
+    from device_agent.training.profile import memory_report
 
     if args.resolution < 16 or args.batch_size < 1:
         raise InvalidInput("resolution must be >= 16 and batch size >= 1")
@@ -127,7 +127,7 @@ def run_predict(args) -> int:
 
 def run_demo(args) -> int:
     from device_agent.demo import write_digits_folder
-    from device_agent.model.memory import memory_report
+    from device_agent.training.profile import memory_report
 
     root = os.path.join(args.work_dir, "digits")
     counts = write_digits_folder(root)
