@@ -43,15 +43,11 @@ class RunContext(object):
         return self.domain.adapter_for(block_index)
 
 
-def _act_upper(act: Optional[str]) -> Optional[float]:
-    return ACTIVATIONS[act]
-
-
 def activate(z: torch.Tensor, act: Optional[str], lean: bool,
              grad_exclusive: bool = False) -> torch.Tensor:
     if act is None:
         return z
-    upper = _act_upper(act)
+    upper = ACTIVATIONS[act]  # None for ReLU, 6 for ReLU6
     if lean:
         return lean_ops.masked_activation_(z, upper, grad_exclusive)
     return lean_ops.plain_activation(z, upper)
