@@ -7,7 +7,7 @@ import struct
 import pytest
 import torch
 
-from device_agent.errors import ArtifactError, WeightsMismatch
+from device_agent.errors import ArtifactError, UnknownName, WeightsMismatch
 from device_agent.model import adapter_io, safetensors_io
 from device_agent.model.builder import build_net
 from device_agent.model.network import METHODS, AdaptedNet, DomainModule
@@ -137,3 +137,7 @@ def test_training_domain_b_leaves_domain_a_bit_identical(method):
     net.set_active("b")
     with torch.no_grad():
         assert not torch.allclose(net(x)[:, :3], before)
+    net.remove_domain("b")
+    assert net.active is None and list(net.domains) == ["a"]
+    with pytest.raises(UnknownName):
+        net.set_active("b")

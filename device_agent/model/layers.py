@@ -11,7 +11,7 @@ pool, residual blocks and head units. Each stage runs on one of two paths:
 Each stage also states, per path, which tensors autograd keeps (``activation_rule``); the
 analytic estimator in memory.py adds those up (like TinyTL's profiler, per layer).
 """
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -324,7 +324,3 @@ class Backbone(nn.Module):
         for stage in self.stages[first:last]:
             x = stage(x, ctx)
         return x
-
-    def state_summary(self) -> Dict[str, int]:
-        return {"stages": len(self.stages), "blocks": len(self.blocks()),
-                "params": sum(p.numel() for p in self.parameters())}
