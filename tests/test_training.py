@@ -109,3 +109,13 @@ def test_every_image_mode_decodes_to_rgb(tmp_path, mode):
 def test_absurd_settings_are_refused(field, value):
     with pytest.raises(InvalidInput):
         TrainConfig(**{field: value}).validate()
+
+
+def test_devices_are_checked():
+    from device_agent.training.loop import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    for bad in ("tpu", "banana", "cuda:0" if not torch.cuda.is_available() else "mps"):
+        with pytest.raises(InvalidInput):
+            resolve_device(bad)

@@ -20,6 +20,7 @@ def _add_memory(commands) -> None:
     p.add_argument("--micro-batch", type=int, default=0,
                    help="lean methods accumulate gradients over chunks of this size (peak)")
     p.add_argument("--no-peak", action="store_true", help="skip the peak-RSS child processes")
+    p.add_argument("--device", default="auto", help="peak steps on: auto, cpu, cuda, cuda:N")
     p.add_argument("--json", action="store_true", help="print one JSON list")
 
 
@@ -41,6 +42,7 @@ def _add_train(commands) -> None:
     p.add_argument("--plain", action="store_true", help="stock autograd (for comparison)")
     p.add_argument("--train-bn", action="store_true", help="da2: also train BN scale/shift")
     p.add_argument("--weights", help="backbone weights file, or 'random' (tests only)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--out", required=True, help="adapter directory (also holds the checkpoint)")
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
 
@@ -50,6 +52,7 @@ def _add_predict(commands) -> None:
     p.add_argument("adapter_dir")
     p.add_argument("images", nargs="+")
     p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--weights", help="backbone weights file, or 'random' (tests only)")
     p.add_argument("--json", action="store_true")
 

@@ -12,7 +12,7 @@ from device_agent.model import adapter_io, backbones
 from device_agent.model.builder import build_net
 from device_agent.model.network import AdaptedNet
 from device_agent.training import data
-from device_agent.training.loop import TrainConfig, Trainer
+from device_agent.training.loop import TrainConfig, Trainer, resolve_device
 
 
 def _fmt(value, spec: str) -> str:
@@ -24,8 +24,9 @@ def run_memory(args) -> int:
 
     if args.resolution < 16 or args.batch_size < 1:
         raise InvalidInput("resolution must be >= 16 and batch size >= 1")
+    device = resolve_device(args.device)
     rows = memory_report(args.backbone, args.resolution, args.batch_size, args.methods,
-                         peak=not args.no_peak, micro_batch=args.micro_batch)
+                         peak=not args.no_peak, micro_batch=args.micro_batch, device=str(device))
     if args.json:
         keys = ("method", "saved_activation_mb", "estimated_mb", "theoretical_min_mb",
                 "trainable_params", "peak_step_mb")
@@ -40,11 +41,12 @@ def run_memory(args) -> int:
         "method", "saved MB", "plain MB", "estimate", "minimum", "trainable", "vs ft",
         "step peak", "train peak"))
     for row in rows:
-        print("%-22s %10.2f %10.2f %10.2f %10.2f %12d %9s %10s %10s" % (
+        print("%-22s %10.2f %10.2f %10.2f %10.2f %12d %9s %10s %10s%s" % (
             row["method"], row["saved_activation_mb"], row["plain_saved_activation_mb"],
             row["estimated_mb"], row["theoretical_min_mb"], row["trainable_params"],
             _fmt(row["ratio_to_finetune"], ".1f") + "x", _fmt(row["peak_step_mb"], ".1f"),
-            _fmt(row["peak_train_mb"], ".1f")))
+            _fmt(row["peak_train_mb"], ".1f"),
+            "  cuda peak %.1f MB" % row["cuda_peak_step_mb"] if "cuda_peak_step_mb" in row else ""))
     return 0
 
 
@@ -54,7 +56,7 @@ def train_domain(data_dir: str, args, backbone: str, method: str) -> Dict[str, o
                          label_smoothing=args.label_smoothing, resolution=args.resolution,
                          seed=args.seed, lean=not args.plain, micro_batch=args.micro_batch,
                          patience=args.patience, hflip=not args.no_hflip,
-                         val_fraction=args.val_fraction).validate()
+                         val_fraction=args.val_fraction, device=args.device).validate()
     torch.manual_seed(config.seed)
     split = data.discover(data_dir, config.val_fraction, config.seed)
     net = build_net(backbone, method, len(split.classes), weights=args.weights,
@@ -93,11 +95,11 @@ def load_for_predict(adapter_dir: str, weights=None) -> Tuple[AdaptedNet, Dict[s
 
 
 def predict_images(net: AdaptedNet, config: Dict[str, object], paths: List[str],
-                   top_k: int) -> List[Dict[str, object]]:
+                   top_k: int, device: torch.device) -> List[Dict[str, object]]:
     settings = data.TransformSettings(int(config["input_size"]), config["mean"], config["std"])
     transform = data.eval_transform(settings)
-    batch = torch.stack([transform(data.load_rgb(p)) for p in paths])
-    net.eval()
+    batch = torch.stack([transform(data.load_rgb(p)) for p in paths]).to(device)
+    net.to(device).eval()
     with torch.no_grad():
         probs = torch.softmax(net(batch), dim=1)
     k = min(top_k, probs.shape[1])
@@ -115,7 +117,7 @@ def run_predict(args) -> int:
     if args.top_k < 1:
         raise InvalidInput("--top-k must be >= 1")
     net, config = load_for_predict(args.adapter_dir, args.weights)
-    results = predict_images(net, config, args.images, args.top_k)
+    results = predict_images(net, config, args.images, args.top_k, resolve_device(args.device))
     if args.json:
         print(json.dumps(results))
         return 0
@@ -149,7 +151,7 @@ def run_demo(args) -> int:
                      for d in ("3", "7"))
     print("\npredictions of the da2 adapter:")
     run_predict(_Namespace(adapter_dir=results[-1]["adapter_dir"], images=samples, top_k=2,
-                           weights=args.weights, json=False))
+                           weights=args.weights, json=False, device="cpu"))
     print("\ntraining memory at 224 px, batch 8 (saved activations, MB):")
     for row in memory_report("efficientnet_lite0", 224, 8, ["finetune", "last", "da2"], peak=False):
         ratio = row["ratio_to_finetune"]
@@ -168,7 +170,7 @@ def _demo_train_args(args, out: str) -> _Namespace:
     return _Namespace(epochs=args.epochs, batch_size=32, lr=0.0, label_smoothing=0.1,
                       resolution=args.resolution, seed=0, plain=False, micro_batch=0,
                       patience=0, no_hflip=True, val_fraction=0.2, train_bn=False,
-                      weights=args.weights, out=out)
+                      weights=args.weights, out=out, device="auto")
 
 
 def run_models(args) -> int:

@@ -45,6 +45,7 @@ class TrainConfig(NamedTuple):
     crop_scale: Tuple[float, float] = (0.35, 1.0)
     hflip: bool = True
     val_fraction: float = 0.2
+    device: str = "cpu"         # "cpu", "cuda", "cuda:N"
 
     def validate(self) -> "TrainConfig":
         checks = [(self.epochs >= 1, "epochs must be >= 1"),
@@ -58,15 +59,33 @@ class TrainConfig(NamedTuple):
         for ok, message in checks:
             if not ok:
                 raise InvalidInput(message)
+        resolve_device(self.device)
         return self
 
 
-def accuracy(net: AdaptedNet, batches, lean: bool = True) -> Dict[str, float]:
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for CUDA without it is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise InvalidInput("unknown device %r" % name) from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInput("device %r asked for, but CUDA is not available" % name)
+    if device.type not in ("cpu", "cuda"):
+        raise InvalidInput("device must be cpu, cuda or cuda:N, not %r" % name)
+    return device
+
+
+def accuracy(net: AdaptedNet, batches, lean: bool = True,
+             device: torch.device = torch.device("cpu")) -> Dict[str, float]:
     """Top-1 and top-5 (top-k for k classes < 5) over ``batches``."""
     net.eval()
     hits1 = hits5 = total = 0
     with torch.no_grad():
         for images, labels in batches:
+            images, labels = images.to(device), labels.to(device)
             logits = net(images, lean=lean)
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
             hits1 += (top[:, 0] == labels).sum().item()
@@ -93,6 +112,8 @@ class Trainer(object):
         self.config = config.validate()
         self.out_dir = out_dir
         self.on_progress = on_progress or (lambda event: None)
+        self.device = resolve_device(config.device)
+        net.to(self.device)
         info = net.backbone_info
         self.resolution = config.resolution or int(info["input_size"])
         self.transforms = data.TransformSettings(self.resolution, info["mean"], info["std"],
@@ -129,6 +150,8 @@ class Trainer(object):
                 else:
                     scalars["%s.%s" % (index, key)] = value
         tensors["rng"] = torch.get_rng_state()
+        if self.device.type == "cuda":  # dropout masks on the GPU draw from CUDA's generator
+            tensors["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         blob = safetensors_io.dumps(tensors)
         atomic.write_bytes(os.path.join(self.checkpoint_dir, "state.safetensors"), blob)
         atomic.write_json(os.path.join(self.checkpoint_dir, "state.json"), {
@@ -157,6 +180,8 @@ class Trainer(object):
         self.best = (float(meta["best_top1"]), best or None)
         self._load_optimizer(tensors, meta["optimizer_scalars"])
         torch.set_rng_state(tensors["rng"])
+        if "rng_cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng_cuda"], self.device)
         self.history = list(meta["history"])
         self.start_epoch = int(meta["epoch"]) + 1
         return True
@@ -208,6 +233,7 @@ class Trainer(object):
             global_step = epoch * batches + step
             for group in self.optimizer.param_groups:
                 group["lr"] = _cosine_lr(self.lr, global_step, total_steps)
+            images, labels = images.to(self.device), labels.to(self.device)
             tick = time.time()
             loss = train_step(self.net, self.optimizer, images, labels, lean=config.lean,
                               micro_batch=config.micro_batch,
@@ -224,7 +250,7 @@ class Trainer(object):
         if self.split.val:
             batches = data.loader(self.split.val, data.eval_transform(self.transforms),
                                   self.config.batch_size * 2, shuffle=False)
-            scores = accuracy(self.net, batches, lean=self.config.lean)
+            scores = accuracy(self.net, batches, lean=self.config.lean, device=self.device)
             metrics.update(val_top1=scores["top1"], val_top5=scores["top5"])
             if scores["top1"] > self.best[0]:
                 state = self.net.domain.state_dict()
@@ -244,6 +270,7 @@ class Trainer(object):
         transform = data.train_transform(self.transforms)
         images = torch.stack([transform(data.load_rgb(p)) for p, _ in self.split.train[:count]])
         labels = torch.tensor([label for _, label in self.split.train[:count]])
+        images, labels = images.to(self.device), labels.to(self.device)
         rng = torch.get_rng_state()
         self.net.train()
         try:

@@ -102,10 +102,11 @@ def measure_peak_step(backbone: str, method: str, resolution: int, batch_size: i
 # --- the report behind `device-agent memory` ---------------------------------------------
 
 def memory_report(backbone: str, resolution: int, batch_size: int, methods=None,
-                  peak: bool = True, micro_batch: int = 0) -> list:
+                  peak: bool = True, micro_batch: int = 0, device: str = "cpu") -> list:
     """One row per method: measured / estimated / minimum saved activations, trainable
-    parameters, ratio to finetune, and (with ``peak``) the step's peak RSS. Random weights:
-    memory does not depend on weight values."""
+    parameters, ratio to finetune, and (with ``peak``) the step's peak RSS, plus CUDA's peak
+    when ``device`` is CUDA. Saved activations are measured on the CPU: autograd's save rules
+    do not depend on the device. Random weights: memory does not depend on their values."""
     names = list(methods or METHODS)
     torch.manual_seed(0)
     images = torch.randn(batch_size, 3, resolution, resolution)
@@ -124,7 +125,7 @@ def memory_report(backbone: str, resolution: int, batch_size: int, methods=None,
                "peak_step_mb": None, "peak_train_mb": None}
         if peak:
             row.update(measure_peak_step(backbone, name, resolution, batch_size, lean=True,
-                                         micro_batch=micro_batch))
+                                         micro_batch=micro_batch, device=device))
             row.pop("hwm_reset", None)
         rows.append(row)
     finetune = next((r for r in rows if r["method"] == "finetune"), None)
