@@ -125,7 +125,8 @@ class DA2Adapter(nn.Module):
         return out + F.interpolate(a, size=tuple(out.shape[-2:]), mode="bilinear",
                                    align_corners=False)
 
-    def activation_rule(self, x: torch.Tensor, out: torch.Tensor, lean_unused=None):
+    def activation_rule(self, x: torch.Tensor, result: torch.Tensor, block_output=None):
+        """(path, storage, bytes) the branch keeps; called by memory.py's forward hook."""
         height, width = _pooled_size(x.shape[-2:], self.pool)
         pooled = x.shape[0] * x.shape[1] * height * width
         hidden = x.shape[0] * self.reduce.out_channels * height * width
@@ -150,6 +151,7 @@ class LiteResidual(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int, out_stride: int,
                  settings: Dict[str, object]) -> None:
+        # out_stride and settings are unused: every adapter class takes the same arguments.
         super().__init__()
         groups = 2 if in_channels <= 64 else in_channels // math.gcd(in_channels, 32)
         self.stride = stride
@@ -165,7 +167,8 @@ class LiteResidual(nn.Module):
         return out + F.interpolate(a, size=tuple(out.shape[-2:]), mode="bilinear",
                                    align_corners=False)
 
-    def activation_rule(self, x: torch.Tensor, out: torch.Tensor, lean_unused=None):
+    def activation_rule(self, x: torch.Tensor, result: torch.Tensor, block_output=None):
+        """(path, storage, bytes) the branch keeps; called by memory.py's forward hook."""
         height, width = _pooled_size(x.shape[-2:], 2)
         pooled_is_x = lean_ops.pool_kernel(x.shape[-2:], 2) == (1, 1)
         conv_h, conv_w = -(-height // self.stride), -(-width // self.stride)
