@@ -1,0 +1,333 @@
+"""The agent's durable state: SQLite (WAL) in the data directory; stdlib only.
+
+Domains, their uploaded datasets, training jobs (a FIFO queue with explicit state
+transitions), job events, and adapter versions. A new adapter version becomes active only
+in the same transaction that marks its job succeeded; earlier versions are kept, so a
+domain can be rolled back. The schema is versioned (``PRAGMA user_version``) and migrated
+forward on open, each migration in one transaction.
+"""
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Dict, Iterator, List, Optional
+
+from device_agent.errors import AgentError, InvalidInput, UnknownName
+
+DOMAIN_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+TRANSITIONS = {
+    "queued": ("running", "cancelled"),
+    "running": ("succeeded", "failed", "cancelled", "interrupted"),
+    "interrupted": ("queued", "failed", "cancelled"),  # a crashed job resumes or gives up
+}
+
+MIGRATIONS = [
+    """
+    CREATE TABLE domains (
+        name TEXT PRIMARY KEY,
+        created_at REAL NOT NULL,
+        active_version INTEGER
+    );
+    CREATE TABLE datasets (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        domain TEXT NOT NULL REFERENCES domains(name) ON DELETE CASCADE,
+        created_at REAL NOT NULL,
+        path TEXT NOT NULL,
+        summary TEXT NOT NULL
+    );
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        domain TEXT NOT NULL REFERENCES domains(name) ON DELETE CASCADE,
+        dataset_id INTEGER REFERENCES datasets(id) ON DELETE SET NULL,
+        state TEXT NOT NULL,
+        params TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        progress TEXT NOT NULL DEFAULT '{}',
+        report TEXT NOT NULL DEFAULT '{}',
+        error TEXT
+    );
+    CREATE INDEX jobs_by_state ON jobs(state, created_at);
+    CREATE TABLE job_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE TABLE adapter_versions (
+        domain TEXT NOT NULL REFERENCES domains(name) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        path TEXT NOT NULL,
+        job_id TEXT,
+        created_at REAL NOT NULL,
+        summary TEXT NOT NULL,
+        PRIMARY KEY (domain, version)
+    );
+    """,
+]
+
+
+def check_domain_name(name: object) -> str:
+    if not isinstance(name, str) or not DOMAIN_NAME.match(name):
+        raise InvalidInput("domain names are 1-63 characters of a-z, 0-9, '_' and '-', "
+                           "starting with a letter or digit")
+    return name
+
+
+class Conflict(AgentError):
+    """The request contradicts the stored state (an illegal job transition, say)."""
+
+    code = "conflict"
+    http_status = 409
+    exit_code = 2
+
+
+def _row(row: Optional[sqlite3.Row], json_fields=()) -> Optional[Dict[str, object]]:
+    if row is None:
+        return None
+    record = dict(row)
+    for field in json_fields:
+        record[field] = json.loads(record[field])
+    return record
+
+
+_JOB_JSON = ("params", "progress", "report")
+
+
+class Store(object):
+    """One SQLite database; safe to share between threads (one connection, one lock)."""
+
+    def __init__(self, path: str) -> None:
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                                   timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a power cut loses no committed job
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        with self._lock:
+            version = self.schema_version()
+            if version > len(MIGRATIONS):
+                raise AgentError("store schema %d is newer than this agent (%d)"
+                                 % (version, len(MIGRATIONS)))
+            for number in range(version, len(MIGRATIONS)):
+                script = "BEGIN IMMEDIATE;\n%s\nPRAGMA user_version = %d;\nCOMMIT;" % (
+                    MIGRATIONS[number], number + 1)
+                try:
+                    self._db.executescript(script)
+                except sqlite3.Error:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                    raise
+
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def integrity_check(self) -> str:
+        with self._lock:
+            return str(self._db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    # --- domains ------------------------------------------------------------------------
+
+    def ensure_domain(self, name: str) -> Dict[str, object]:
+        check_domain_name(name)
+        with self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO domains (name, created_at) VALUES (?, ?)",
+                       (name, time.time()))
+        return self.get_domain(name)
+
+    def get_domain(self, name: str) -> Dict[str, object]:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM domains WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise UnknownName("domain %r not found" % name)
+        return _row(row)
+
+    def list_domains(self) -> List[Dict[str, object]]:
+        with self._lock:
+            return [_row(r) for r in self._db.execute("SELECT * FROM domains ORDER BY name")]
+
+    def delete_domain(self, name: str) -> None:
+        self.get_domain(name)
+        with self._transaction() as db:
+            running = db.execute("SELECT id FROM jobs WHERE domain = ? AND state = 'running'",
+                                 (name,)).fetchone()
+            if running is not None:
+                raise Conflict("domain %r has a running job %s; cancel it first"
+                               % (name, running["id"]))
+            db.execute("DELETE FROM domains WHERE name = ?", (name,))
+
+    # --- datasets -----------------------------------------------------------------------
+
+    def add_dataset(self, domain: str, path: str, summary: Dict[str, object]) -> int:
+        self.get_domain(domain)
+        with self._transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO datasets (domain, created_at, path, summary) VALUES (?, ?, ?, ?)",
+                (domain, time.time(), path, json.dumps(summary)))
+            return int(cursor.lastrowid)
+
+    def latest_dataset(self, domain: str) -> Optional[Dict[str, object]]:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM datasets WHERE domain = ? ORDER BY id DESC "
+                                   "LIMIT 1", (domain,)).fetchone()
+        return _row(row, ("summary",))
+
+    # --- jobs ---------------------------------------------------------------------------
+
+    def enqueue_job(self, domain: str, dataset_id: int,
+                    params: Dict[str, object]) -> Dict[str, object]:
+        self.get_domain(domain)
+        job_id = uuid.uuid4().hex[:16]
+        with self._transaction() as db:
+            db.execute("INSERT INTO jobs (id, domain, dataset_id, state, params, created_at) "
+                       "VALUES (?, ?, ?, 'queued', ?, ?)",
+                       (job_id, domain, dataset_id, json.dumps(params), time.time()))
+            self._event(db, job_id, "queued", {})
+        return self.get_job(job_id)
+
+    def get_job(self, job_id: str) -> Dict[str, object]:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise UnknownName("job %r not found" % job_id)
+        return _row(row, _JOB_JSON)
+
+    def list_jobs(self, domain: Optional[str] = None) -> List[Dict[str, object]]:
+        query, args = "SELECT * FROM jobs ORDER BY created_at, rowid", ()
+        if domain is not None:
+            query, args = ("SELECT * FROM jobs WHERE domain = ? ORDER BY created_at, rowid",
+                           (domain,))
+        with self._lock:
+            return [_row(r, _JOB_JSON) for r in self._db.execute(query, args)]
+
+    def claim_next_job(self) -> Optional[Dict[str, object]]:
+        """Atomically move the oldest queued job to running (FIFO)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT id FROM jobs WHERE state = 'queued' "
+                             "ORDER BY created_at, rowid LIMIT 1").fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE jobs SET state = 'running', started_at = ?, "
+                       "attempts = attempts + 1 WHERE id = ?", (time.time(), row["id"]))
+            self._event(db, row["id"], "running", {})
+        return self.get_job(row["id"])
+
+    def set_job_state(self, job_id: str, state: str,
+                      error: Optional[str] = None) -> Dict[str, object]:
+        if state not in JOB_STATES:
+            raise InvalidInput("unknown job state %r" % state)
+        with self._transaction() as db:
+            self._transition(db, job_id, state, error)
+        return self.get_job(job_id)
+
+    def _transition(self, db: sqlite3.Connection, job_id: str, state: str,
+                    error: Optional[str]) -> None:
+        row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise UnknownName("job %r not found" % job_id)
+        if state not in TRANSITIONS.get(row["state"], ()):
+            raise Conflict("job %s is %s; it cannot become %s" % (job_id, row["state"], state))
+        finished = time.time() if state in ("succeeded", "failed", "cancelled") else None
+        db.execute("UPDATE jobs SET state = ?, error = ?, finished_at = ? WHERE id = ?",
+                   (state, error, finished, job_id))
+        self._event(db, job_id, state, {"error": error} if error else {})
+
+    def update_progress(self, job_id: str, progress: Dict[str, object]) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET progress = ? WHERE id = ?", (json.dumps(progress), job_id))
+
+    def set_report(self, job_id: str, report: Dict[str, object]) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET report = ? WHERE id = ?", (json.dumps(report), job_id))
+
+    def requeue_interrupted(self) -> List[str]:
+        """At start-up: jobs left running by a crash are marked interrupted, then queued
+        again (they resume from their checkpoint). Returns their ids."""
+        with self._transaction() as db:
+            ids = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE state = 'running'")]
+            for job_id in ids:
+                self._transition(db, job_id, "interrupted", None)
+                self._transition(db, job_id, "queued", None)
+        return ids
+
+    def events(self, job_id: str) -> List[Dict[str, object]]:
+        with self._lock:
+            rows = self._db.execute("SELECT at, kind, data FROM job_events WHERE job_id = ? "
+                                    "ORDER BY id", (job_id,))
+            return [_row(r, ("data",)) for r in rows]
+
+    @staticmethod
+    def _event(db: sqlite3.Connection, job_id: str, kind: str, data: Dict[str, object]) -> None:
+        db.execute("INSERT INTO job_events (job_id, at, kind, data) VALUES (?, ?, ?, ?)",
+                   (job_id, time.time(), kind, json.dumps(data)))
+
+    # --- adapter versions ---------------------------------------------------------------
+
+    def promote_adapter(self, job_id: str, path: str, summary: Dict[str, object]) -> int:
+        """Record the job's adapter as the domain's next version, make it active and mark
+        the job succeeded -- all in one transaction. Returns the new version number."""
+        with self._transaction() as db:
+            job = db.execute("SELECT domain FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if job is None:
+                raise UnknownName("job %r not found" % job_id)
+            domain = job["domain"]
+            last = db.execute("SELECT MAX(version) AS v FROM adapter_versions WHERE domain = ?",
+                              (domain,)).fetchone()["v"]
+            version = (last or 0) + 1
+            db.execute("INSERT INTO adapter_versions (domain, version, path, job_id, created_at, "
+                       "summary) VALUES (?, ?, ?, ?, ?, ?)",
+                       (domain, version, path, job_id, time.time(), json.dumps(summary)))
+            db.execute("UPDATE domains SET active_version = ? WHERE name = ?", (version, domain))
+            self._transition(db, job_id, "succeeded", None)
+        return version
+
+    def versions(self, domain: str) -> List[Dict[str, object]]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM adapter_versions WHERE domain = ? "
+                                    "ORDER BY version", (domain,))
+            return [_row(r, ("summary",)) for r in rows]
+
+    def activate_version(self, domain: str, version: int) -> None:
+        """Roll a domain back (or forward) to a kept version."""
+        with self._transaction() as db:
+            found = db.execute("SELECT 1 FROM adapter_versions WHERE domain = ? AND version = ?",
+                               (domain, version)).fetchone()
+            if found is None:
+                raise UnknownName("domain %r has no adapter version %r" % (domain, version))
+            db.execute("UPDATE domains SET active_version = ? WHERE name = ?", (version, domain))
+
+    def active_adapter(self, domain: str) -> Optional[Dict[str, object]]:
+        active = self.get_domain(domain)["active_version"]
+        if active is None:
+            return None
+        return next(v for v in self.versions(domain) if v["version"] == active)
