@@ -33,6 +33,14 @@ class UnknownName(InvalidInput):
     http_status = 404
 
 
+class Conflict(AgentError):
+    """The request contradicts the current state: a busy worker, an illegal job transition."""
+
+    code = "conflict"
+    http_status = 409
+    exit_code = 2
+
+
 class WeightsNotFound(AgentError):
     """A backbone's weights file is not provisioned on this machine."""
 

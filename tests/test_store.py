@@ -3,8 +3,8 @@ import threading
 
 import pytest
 
-from device_agent.errors import InvalidInput, UnknownName
-from device_agent.store.db import MIGRATIONS, Conflict, Store
+from device_agent.errors import Conflict, InvalidInput, UnknownName
+from device_agent.store.db import MIGRATIONS, Store
 
 
 @pytest.fixture

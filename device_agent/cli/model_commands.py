@@ -12,6 +12,7 @@ from device_agent.model import adapter_io, backbones
 from device_agent.model.builder import build_net
 from device_agent.model.network import AdaptedNet
 from device_agent.training import data
+from device_agent.training.inference import classify
 from device_agent.training.loop import TrainConfig, Trainer, resolve_device
 
 
@@ -96,18 +97,8 @@ def load_for_predict(adapter_dir: str, weights=None) -> Tuple[AdaptedNet, Dict[s
 
 def predict_images(net: AdaptedNet, config: Dict[str, object], paths: List[str],
                    top_k: int, device: torch.device) -> List[Dict[str, object]]:
-    settings = data.TransformSettings(int(config["input_size"]), config["mean"], config["std"])
-    transform = data.eval_transform(settings)
-    batch = torch.stack([transform(data.load_rgb(p)) for p in paths]).to(device)
-    net.to(device).eval()
-    with torch.no_grad():
-        probs = torch.softmax(net(batch), dim=1)
-    k = min(top_k, probs.shape[1])
-    top = probs.topk(k, dim=1)
-    names = config["class_names"]
-    return [{"image": path, "top": [{"class": names[i], "probability": round(p, 6)}
-                                    for p, i in zip(values.tolist(), indices.tolist())]}
-            for path, values, indices in zip(paths, top.values, top.indices)]
+    tops = classify(net, config, [data.load_rgb(p) for p in paths], top_k, device)
+    return [{"image": path, "top": top} for path, top in zip(paths, tops)]
 
 
 def run_predict(args) -> int:

@@ -16,7 +16,7 @@ import uuid
 from contextlib import contextmanager
 from typing import Dict, Iterator, List, Optional
 
-from device_agent.errors import AgentError, InvalidInput, UnknownName
+from device_agent.errors import AgentError, Conflict, InvalidInput, UnknownName
 
 DOMAIN_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
@@ -80,14 +80,6 @@ def check_domain_name(name: object) -> str:
         raise InvalidInput("domain names are 1-63 characters of a-z, 0-9, '_' and '-', "
                            "starting with a letter or digit")
     return name
-
-
-class Conflict(AgentError):
-    """The request contradicts the stored state (an illegal job transition, say)."""
-
-    code = "conflict"
-    http_status = 409
-    exit_code = 2
 
 
 def _row(row: Optional[sqlite3.Row], json_fields=()) -> Optional[Dict[str, object]]:

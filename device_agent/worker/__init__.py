@@ -1,0 +1,1 @@
+"""The torch worker process: the only room that joins protocol, model and training."""

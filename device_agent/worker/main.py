@@ -1,0 +1,216 @@
+"""The torch worker: speaks the protocol on stdin/stdout (stderr carries its logs).
+
+It owns one frozen backbone per (name, weights), shared by a training net and an inference
+net -- two AdaptedNets around the same Backbone, so a prediction never switches the domain
+being trained. One training job runs at a time, in a thread, sending progress events; the
+main loop keeps answering status, predict and cancel meanwhile. Every exception becomes an
+``error`` reply (one boundary); a broken stream ends the process, and the API restarts it.
+
+    python -m device_agent.worker [--device auto] [--weights random]
+"""
+import argparse
+import io
+import platform
+import resource
+import sys
+import threading
+import time
+from typing import Dict, Optional, Tuple
+
+import torch
+from PIL import Image
+
+from device_agent import __version__
+from device_agent.errors import Conflict, InvalidInput
+from device_agent.model import adapter_io
+from device_agent.model.backbones import build_backbone
+from device_agent.model.layers import Backbone
+from device_agent.model.network import AdaptedNet, DomainModule
+from device_agent.protocol import messages
+from device_agent.protocol.framing import ProtocolError
+from device_agent.protocol.peer import Peer
+from device_agent.training import data
+from device_agent.training.inference import classify
+from device_agent.training.loop import TrainConfig, Trainer, resolve_device
+
+TRAIN_FIELDS = ("epochs", "batch_size", "lr", "label_smoothing", "resolution", "seed",
+                "micro_batch", "patience", "val_fraction", "hflip")
+JOB_FIELDS = ("method", "backbone", "adapter_settings", "train_bn") + TRAIN_FIELDS
+STEP_EVENT_INTERVAL_S = 0.5
+
+
+class Cancelled(Exception):
+    pass
+
+
+def _error(exc: BaseException) -> Dict[str, str]:
+    reply = messages.error_reply(0, exc)
+    return {"code": reply["code"], "message": reply["message"]}
+
+
+class Worker(object):
+    def __init__(self, peer: Peer, device: str = "auto", weights: Optional[str] = None) -> None:
+        self.peer = peer
+        self.device = resolve_device(device)
+        self.weights = weights  # None: the manifest's files; "random": tests only
+        self.backbones = {}  # type: Dict[str, Tuple[Backbone, dict]]
+        self.inference = {}  # type: Dict[str, AdaptedNet]
+        self.loaded = {}  # type: Dict[str, Tuple[str, dict]]  domain -> (adapter dir, config)
+        self.job = None  # type: Optional[Tuple[str, threading.Thread, threading.Event]]
+        self.handlers = {"status": self.status, "train": self.train, "predict": self.predict,
+                         "cancel": self.cancel, "shutdown": self.status}
+
+    def serve(self) -> int:
+        self.peer.send("hello", agent_version=__version__, protocol=messages.PROTOCOL_VERSION,
+                       python=platform.python_version(), torch=torch.__version__,
+                       device=str(self.device))
+        while True:
+            try:
+                frame = self.peer.receive()
+            except ProtocolError as exc:  # the stream cannot be resynchronised: say so, end
+                self.peer.send_header(messages.error_reply(0, exc))
+                return 2
+            if frame is None:
+                return 0
+            header, payload = frame
+            kind = header["kind"]
+            try:
+                if kind not in messages.REQUESTS:
+                    raise ProtocolError("%s is not a request" % kind)
+                self.peer.send("result", reply_to=header["id"],
+                               data=self.handlers[kind](header, payload))
+            except Exception as exc:  # the one place errors become replies
+                self.peer.send_header(messages.error_reply(header["id"], exc))
+            if kind == "shutdown":
+                return 0
+
+    # --- requests -----------------------------------------------------------------------
+
+    def status(self, header: dict, payload: bytes) -> Dict[str, object]:
+        return {"busy": self.job is not None, "job_id": self.job[0] if self.job else None,
+                "device": str(self.device), "backbones": sorted(self.backbones),
+                "domains": sorted(self.loaded),
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6}
+
+    def train(self, header: dict, payload: bytes) -> Dict[str, object]:
+        if self.job is not None:
+            raise Conflict("the worker is training job %s; one job runs at a time" % self.job[0])
+        params = header["params"]
+        unknown = sorted(set(params) - set(JOB_FIELDS))
+        if unknown:
+            raise InvalidInput("unknown training parameters: %s" % ", ".join(unknown))
+        config = TrainConfig(device=str(self.device),
+                             **{k: params[k] for k in TRAIN_FIELDS if k in params}).validate()
+        split = data.discover(header["dataset_dir"], config.val_fraction, config.seed)
+        cancel = threading.Event()
+        thread = threading.Thread(target=self._run_job, name="train-" + header["job_id"],
+                                  args=(header, params, config, split, cancel), daemon=True)
+        self.job = (header["job_id"], thread, cancel)
+        thread.start()
+        return {"started": True, "classes": split.classes, "train_images": len(split.train),
+                "val_images": len(split.val)}
+
+    def cancel(self, header: dict, payload: bytes) -> Dict[str, object]:
+        if self.job is None or self.job[0] != header["job_id"]:
+            return {"cancelled": False}
+        self.job[2].set()
+        return {"cancelled": True}
+
+    def predict(self, header: dict, payload: bytes) -> Dict[str, object]:
+        images = []
+        for index, blob in enumerate(messages.split_parts(header, payload)):
+            try:
+                with Image.open(io.BytesIO(blob)) as image:
+                    image.load()
+                    images.append(data.to_rgb(image))
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                raise InvalidInput("image %d is not a readable image: %s" % (index, exc)) from exc
+        if not images or header["top_k"] < 1:
+            raise InvalidInput("predict needs at least one image and top_k >= 1")
+        net, config = self._domain_net(header["domain"], header["adapter_dir"])
+        started = time.time()
+        tops = classify(net, config, images, header["top_k"], self.device)
+        return {"predictions": tops, "latency_ms": 1000 * (time.time() - started)}
+
+    # --- models -------------------------------------------------------------------------
+
+    def _backbone(self, name: str) -> Tuple[Backbone, dict]:
+        if name not in self.backbones:
+            backbone, info = build_backbone(name, self.weights)
+            self.backbones[name] = (backbone.to(self.device), info)
+        return self.backbones[name]
+
+    def _domain_net(self, domain: str, adapter_dir: str) -> Tuple[AdaptedNet, dict]:
+        """The inference net with ``domain`` active, (re)loading its adapter when the
+        directory changed (a new version); the backbone itself is never reloaded."""
+        config = adapter_io.read_config(adapter_dir)
+        name = str(config["backbone"]["name"])
+        if name not in self.inference:
+            backbone, info = self._backbone(name)
+            net = AdaptedNet(backbone)
+            net.backbone_info = info
+            self.inference[name] = net
+        net = self.inference[name]
+        if self.loaded.get(domain, ("", None))[0] != adapter_dir or domain not in net.domains:
+            if domain in net.domains:
+                net.remove_domain(domain)
+            adapter_io.load_domain(net, adapter_dir, domain)
+            net.to(self.device)
+            self.loaded[domain] = (adapter_dir, config)
+        net.set_active(domain)
+        return net, self.loaded[domain][1]
+
+    # --- the training thread --------------------------------------------------------------
+
+    def _run_job(self, header: dict, params: dict, config: TrainConfig, split: data.Split,
+                 cancel: threading.Event) -> None:
+        job_id = header["job_id"]
+        try:
+            backbone, info = self._backbone(str(params.get("backbone", "efficientnet_lite0")))
+            net = AdaptedNet(backbone)
+            net.backbone_info = info
+            net.add_domain(job_id, DomainModule(
+                backbone, str(params.get("method", "da2")), len(split.classes),
+                params.get("adapter_settings"), bool(params.get("train_bn", False))))
+            trainer = Trainer(net, split, config, header["out_dir"],
+                              self._progress_sender(job_id, cancel))
+            result = trainer.run()
+            metrics = {k: v for k, v in result.items() if k != "history"}
+            saved = adapter_io.save_domain(net, job_id, header["out_dir"], split.classes,
+                                           trainer.resolution, metrics)
+            trainer.clear_checkpoint()
+            metrics["adapter_bytes"] = saved["weights_bytes"]
+            self._event(job_id, {"event": "finished", "result": metrics})
+        except Cancelled:
+            self._event(job_id, {"event": "cancelled"})
+        except Exception as exc:
+            self._event(job_id, {"event": "failed", "error": _error(exc)})
+        finally:
+            self.job = None
+
+    def _progress_sender(self, job_id: str, cancel: threading.Event):
+        last = [0.0]
+
+        def send(event: Dict[str, object]) -> None:
+            if cancel.is_set():
+                raise Cancelled()
+            now = time.time()
+            if event["event"] == "step" and now - last[0] < STEP_EVENT_INTERVAL_S:
+                return
+            last[0] = now
+            self._event(job_id, event)
+
+        return send
+
+    def _event(self, job_id: str, event: Dict[str, object]) -> None:
+        self.peer.send("progress", job_id=job_id, event=event)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="device_agent.worker", description=__doc__)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--weights", help="'random' builds untrained backbones (tests only)")
+    args = parser.parse_args(argv)
+    stdout = sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing but frames may reach the protocol stream
+    return Worker(Peer(sys.stdin.buffer, stdout), args.device, args.weights).serve()

@@ -1,0 +1,126 @@
+"""A real worker process driven over its pipes: hello, train with progress, predict, cancel,
+errors as replies, and a clean shutdown."""
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from device_agent.protocol import framing
+from device_agent.protocol.peer import Peer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def worker():
+    proc = subprocess.Popen([sys.executable, "-m", "device_agent.worker", "--device", "cpu",
+                             "--weights", "random"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    peer = Peer(proc.stdout, proc.stdin)
+    hello, _ = peer.receive()
+    assert hello["kind"] == "hello" and hello["protocol"] == 1
+    yield proc, peer
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def _reply(peer, msg_id, events=None):
+    """The reply to ``msg_id``; progress events met on the way are collected."""
+    while True:
+        header, _ = peer.receive()
+        if header["kind"] == "progress":
+            if events is not None:
+                events.append(header["event"])
+            continue
+        assert header["reply_to"] == msg_id
+        return header
+
+
+def _until_done(peer, events):
+    while not events or events[-1]["event"] not in ("finished", "failed", "cancelled"):
+        header, _ = peer.receive()
+        assert header["kind"] == "progress"
+        events.append(header["event"])
+    return events[-1]
+
+
+def _png(colour):
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 20), colour).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_train_then_predict_then_shutdown(worker, small_folder, tmp_path):
+    proc, peer = worker
+    out = str(tmp_path / "job1")
+    params = {"backbone": "resnet18", "method": "da2", "epochs": 2, "batch_size": 4,
+              "resolution": 32, "lr": 0.01, "val_fraction": 0.34}
+    msg = peer.send("train", job_id="job1", domain="colours", dataset_dir=small_folder,
+                    out_dir=out, params=params)
+    events = []
+    reply = _reply(peer, msg, events)
+    assert reply["kind"] == "result" and reply["data"]["classes"] == ["blue", "green", "red"]
+    busy = peer.send("train", job_id="job2", domain="x", dataset_dir=small_folder,
+                     out_dir=str(tmp_path / "job2"), params=params)
+    assert _reply(peer, busy, events)["code"] == "conflict"
+    done = _until_done(peer, events)
+    assert done["event"] == "finished", done
+    assert done["result"]["adapter_bytes"] > 0 and done["result"]["epochs"] == 2
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [0, 1]
+    images = [_png((220, 30, 30)), _png((30, 40, 220))]
+    msg = peer.send("predict", b"".join(images), domain="colours", adapter_dir=out, top_k=2,
+                    parts=[len(i) for i in images])
+    reply = _reply(peer, msg)
+    assert reply["kind"] == "result" and len(reply["data"]["predictions"]) == 2
+    assert all(len(p) == 2 for p in reply["data"]["predictions"])
+    status = _reply(peer, peer.send("status"))["data"]
+    assert status["domains"] == ["colours"] and not status["busy"]
+    _reply(peer, peer.send("shutdown"))
+    assert proc.wait(timeout=30) == 0
+
+
+def test_a_job_can_be_cancelled(worker, small_folder, tmp_path):
+    _, peer = worker
+    params = {"backbone": "resnet18", "epochs": 50, "batch_size": 2, "resolution": 32}
+    msg = peer.send("train", job_id="long", domain="c", dataset_dir=small_folder,
+                    out_dir=str(tmp_path / "long"), params=params)
+    events = []
+    assert _reply(peer, msg, events)["kind"] == "result"
+    assert _reply(peer, peer.send("cancel", job_id="long"), events)["data"]["cancelled"]
+    assert _until_done(peer, events)["event"] == "cancelled"
+    assert not _reply(peer, peer.send("cancel", job_id="long"))["data"]["cancelled"]
+
+
+@pytest.mark.parametrize("kind,fields,payload,code", [
+    ("train", {"job_id": "j", "domain": "d", "dataset_dir": "/nonexistent", "out_dir": "/tmp/o",
+               "params": {}}, b"", "invalid_input"),
+    ("train", {"job_id": "j", "domain": "d", "dataset_dir": "/tmp", "out_dir": "/tmp/o",
+               "params": {"epochs": 1, "rm": 1}}, b"", "invalid_input"),
+    ("train", {"job_id": "j", "domain": "d", "dataset_dir": "/tmp", "out_dir": "/tmp/o",
+               "params": {"epochs": -3}}, b"", "invalid_input"),
+    ("predict", {"domain": "d", "adapter_dir": "/nonexistent", "top_k": 1, "parts": [3]},
+     b"abc", "invalid_input"),
+    ("predict", {"domain": "d", "adapter_dir": "/nonexistent", "top_k": 1, "parts": [5]},
+     b"abc", "protocol_error"),
+])
+def test_bad_requests_get_error_replies_and_the_worker_lives_on(worker, kind, fields, payload,
+                                                                code):
+    proc, peer = worker
+    reply = _reply(peer, peer.send(kind, payload, **fields))
+    assert reply["kind"] == "error" and reply["code"] == code, reply
+    assert _reply(peer, peer.send("status"))["kind"] == "result"
+    assert proc.poll() is None
+
+
+def test_a_garbled_stream_ends_the_worker_with_an_error(worker):
+    proc, peer = worker
+    proc.stdin.write(framing.PREFIX.pack(3, 0) + b"{{{")
+    proc.stdin.flush()
+    header, _ = peer.receive()
+    assert header["kind"] == "error" and header["code"] == "protocol_error"
+    assert proc.wait(timeout=30) == 2
