@@ -70,3 +70,21 @@ class MemoryBudgetExceeded(AgentError):
     code = "memory_budget_exceeded"
     http_status = 507
     exit_code = 4
+
+
+class WorkerUnavailable(AgentError):
+    """The worker process is starting, restarting or died while answering."""
+
+    code = "worker_unavailable"
+    http_status = 503
+
+
+def from_code(code: str, message: str) -> AgentError:
+    """Rebuild an error that crossed the worker protocol, keeping its code and status."""
+    classes = {cls.code: cls for cls in (AgentError, InvalidInput, UnknownName, Conflict,
+                                         WeightsNotFound, WeightsMismatch, ArtifactError,
+                                         MemoryBudgetExceeded, WorkerUnavailable)}
+    error = classes.get(code, AgentError)(message)
+    if code not in classes:
+        error.code = code
+    return error

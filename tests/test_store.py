@@ -128,3 +128,13 @@ def test_concurrent_claims_never_hand_out_a_job_twice(store):
     for thread in threads:
         thread.join()
     assert len(claimed) == 40 and len(set(claimed)) == 40
+
+
+def test_requeue_only_moves_a_running_job(store):
+    store.ensure_domain("cats")
+    job = store.enqueue_job("cats", store.add_dataset("cats", "/d", {}), {})
+    assert not store.requeue(job["id"], "died")  # still queued: nothing to do
+    store.claim_next_job()
+    assert store.requeue(job["id"], "died")
+    assert not store.requeue(job["id"], "died")  # a second notification is a no-op
+    assert store.get_job(job["id"])["state"] == "queued"

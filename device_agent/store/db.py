@@ -188,6 +188,13 @@ class Store(object):
                 (domain, time.time(), path, json.dumps(summary)))
             return int(cursor.lastrowid)
 
+    def get_dataset(self, dataset_id: int) -> Dict[str, object]:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
+        if row is None:
+            raise UnknownName("dataset %r not found" % dataset_id)
+        return _row(row, ("summary",))
+
     def latest_dataset(self, domain: str) -> Optional[Dict[str, object]]:
         with self._lock:
             row = self._db.execute("SELECT * FROM datasets WHERE domain = ? ORDER BY id DESC "
@@ -261,6 +268,17 @@ class Store(object):
     def set_report(self, job_id: str, report: Dict[str, object]) -> None:
         with self._transaction() as db:
             db.execute("UPDATE jobs SET report = ? WHERE id = ?", (json.dumps(report), job_id))
+
+    def requeue(self, job_id: str, reason: str) -> bool:
+        """Put a running job back in the queue as interrupted (its worker died); atomic, and
+        a no-op (False) when the job is no longer running."""
+        with self._transaction() as db:
+            row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            if row is None or row["state"] != "running":
+                return False
+            self._transition(db, job_id, "interrupted", reason)
+            self._transition(db, job_id, "queued", None)
+        return True
 
     def requeue_interrupted(self) -> List[str]:
         """At start-up: jobs left running by a crash are marked interrupted, then queued

@@ -1,0 +1,140 @@
+"""Feeds the store's job queue to the worker, one job at a time (stdlib only).
+
+The oldest queued job is claimed and the worker trains it into ``jobs/<id>/``, where its
+checkpoint lives too. Progress events update the job; on ``finished`` that directory is
+renamed into ``domains/<domain>/adapters/<id>/`` and promoted -- version recorded, made
+active, job succeeded -- in one store transaction. When the worker dies mid-job, the job is
+marked interrupted and queued again: it resumes from its checkpoint in the same directory.
+"""
+import os
+import threading
+from typing import Dict, Optional
+
+from device_agent.errors import AgentError, WorkerUnavailable
+from device_agent.store.db import Store
+
+TERMINAL_EVENTS = ("finished", "failed", "cancelled")
+
+
+class DataPaths(object):
+    """Every on-disk location under the data directory, in one place."""
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(root)
+
+    @property
+    def database(self) -> str:
+        return os.path.join(self.root, "agent.db")
+
+    def datasets(self, domain: str) -> str:
+        return os.path.join(self.root, "datasets", domain)
+
+    def job(self, job_id: str) -> str:
+        return os.path.join(self.root, "jobs", job_id)
+
+    def adapter(self, domain: str, job_id: str) -> str:
+        return os.path.join(self.root, "domains", domain, "adapters", job_id)
+
+
+class JobRunner(object):
+    def __init__(self, store: Store, paths: DataPaths, poll_s: float = 0.2) -> None:
+        self.store = store
+        self.paths = paths
+        self.poll_s = poll_s
+        self.supervisor = None
+        self.current = None  # type: Optional[str]
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None  # type: Optional[threading.Thread]
+
+    def attach(self, supervisor) -> None:
+        self.supervisor = supervisor
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            if self.current is None and self.supervisor.ready:
+                self._start_next()
+            self._stop.wait(self.poll_s)
+
+    def _start_next(self) -> None:
+        job = self.store.claim_next_job()
+        if job is None:
+            return
+        with self._lock:
+            self.current = job["id"]
+        try:
+            dataset = self.store.get_dataset(job["dataset_id"])
+            self.supervisor.request("train", timeout=300, job_id=job["id"], domain=job["domain"],
+                                    dataset_dir=dataset["path"], out_dir=self.paths.job(job["id"]),
+                                    params=job["params"])
+        except WorkerUnavailable:  # the worker died before or while taking the job
+            self._requeue(job["id"])
+        except AgentError as exc:
+            self._finish(job["id"], "failed", exc.message)
+
+    # --- from the supervisor's reader thread --------------------------------------------
+
+    def on_event(self, header: Dict[str, object]) -> None:
+        job_id, event = str(header["job_id"]), header["event"]
+        kind = event.get("event")
+        if kind in TERMINAL_EVENTS:
+            if kind == "finished":
+                self._promote(job_id, event["result"])
+            else:
+                error = event.get("error", {}).get("message") if kind == "failed" else None
+                self._finish(job_id, kind, error)
+        else:
+            self.store.update_progress(job_id, event)
+
+    def on_worker_exit(self) -> None:
+        with self._lock:
+            job_id = self.current
+        if job_id is not None:
+            self._requeue(job_id)
+
+    def _requeue(self, job_id: str) -> None:
+        """The job resumes from its checkpoint when the worker is back."""
+        self.store.requeue(job_id, "the worker process died")
+        with self._lock:
+            if self.current == job_id:
+                self.current = None
+
+    def _promote(self, job_id: str, result: Dict[str, object]) -> None:
+        try:
+            job = self.store.get_job(job_id)
+            target = self.paths.adapter(job["domain"], job_id)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.rename(self.paths.job(job_id), target)
+            self.store.set_report(job_id, result)
+            self.store.promote_adapter(job_id, target, result)
+        except (AgentError, OSError) as exc:
+            self._finish(job_id, "failed", "could not store the adapter: %s" % exc)
+            return
+        with self._lock:
+            self.current = None
+
+    def _finish(self, job_id: str, state: str, error: Optional[str]) -> None:
+        try:
+            self.store.set_job_state(job_id, state, error)
+        finally:
+            with self._lock:
+                if self.current == job_id:
+                    self.current = None
+
+    def cancel(self, job_id: str) -> Dict[str, object]:
+        job = self.store.get_job(job_id)
+        if job["state"] == "queued":
+            self.store.set_job_state(job_id, "cancelled")
+            return self.store.get_job(job_id)
+        if job["state"] == "running" and self.current == job_id:
+            self.supervisor.request("cancel", job_id=job_id)
+        return self.store.get_job(job_id)

@@ -1,0 +1,178 @@
+"""Spawns the torch worker, talks to it, and restarts it when it dies (stdlib only).
+
+The worker's interpreter is part of ``command`` (on JetPack 4 the API runs on python3.8
+and the worker on the system python3.6 with NVIDIA's torch). A reader thread pairs
+``result``/``error`` replies with waiting requests and hands ``progress`` events to
+``on_event``. When the worker exits -- a segfault, an OOM kill, kill -9 -- every waiting
+request fails with WorkerUnavailable, ``on_exit`` is called (the job runner requeues its
+job), and the worker is started again after a capped backoff.
+"""
+import itertools
+import subprocess
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Tuple
+
+from device_agent.errors import WorkerUnavailable, from_code
+from device_agent.protocol import messages
+from device_agent.protocol.framing import ProtocolError
+from device_agent.protocol.peer import Peer
+
+BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+HELLO_TIMEOUT_S = 120.0
+
+
+class _Pending(object):
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.reply = None  # type: Optional[Dict[str, object]]
+
+
+class WorkerSupervisor(object):
+    def __init__(self, command: List[str], on_event: Callable[[Dict[str, object]], None],
+                 on_exit: Callable[[], None], env: Optional[Dict[str, str]] = None,
+                 backoff: Tuple[float, ...] = BACKOFF_S) -> None:
+        self.command = command
+        self.on_event = on_event
+        self.on_exit = on_exit
+        self.env = env
+        self.backoff = backoff
+        self.state = "stopped"  # starting | ready | restarting | stopped
+        self.hello = None  # type: Optional[Dict[str, object]]
+        self.restarts = 0
+        self.last_exit_code = None  # type: Optional[int]
+        self._proc = None  # type: Optional[subprocess.Popen]
+        self._peer = None  # type: Optional[Peer]
+        self._pending = {}  # type: Dict[int, _Pending]
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._ready = threading.Event()
+        self._thread = None  # type: Optional[threading.Thread]
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, name="worker-supervisor", daemon=True)
+        self._thread.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            try:
+                self.request("shutdown", timeout=timeout)
+            except Exception:
+                pass
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.state = "stopped"
+
+    @property
+    def pid(self) -> Optional[int]:
+        return self._proc.pid if self._proc is not None else None
+
+    def health(self) -> Dict[str, object]:
+        return {"state": self.state, "pid": self.pid, "restarts": self.restarts,
+                "last_exit_code": self.last_exit_code,
+                "worker": {k: self.hello[k] for k in ("python", "torch", "device")}
+                if self.hello else None}
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            self.state = "starting" if attempt == 0 else "restarting"
+            started = time.time()
+            self._serve_one_process()
+            if self._stopping.is_set():
+                break
+            self.restarts += 1
+            attempt = 0 if time.time() - started > 60 else attempt + 1  # healthy for a minute
+            self._stopping.wait(self.backoff[min(attempt, len(self.backoff) - 1)])
+
+    def _serve_one_process(self) -> None:
+        proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                env=self.env)
+        self._proc, self._peer = proc, Peer(proc.stdout, proc.stdin)
+        try:
+            self._read_loop()
+        except (ProtocolError, OSError, ValueError):
+            pass  # a garbled or broken stream: the process is restarted below
+        finally:
+            self._ready.clear()
+            self.state = "restarting"  # before anyone is told, so nobody dispatches to it
+            if proc.poll() is None:
+                proc.kill()
+            self.last_exit_code = proc.wait()
+            self._fail_pending()
+            self.on_exit()
+
+    def _read_loop(self) -> None:
+        while True:
+            frame = self._peer.receive()
+            if frame is None:
+                return
+            header, _ = frame
+            kind = header["kind"]
+            if kind == "hello":
+                if header["protocol"] != messages.PROTOCOL_VERSION:
+                    raise ProtocolError("worker speaks protocol %r" % header["protocol"])
+                self.hello = header
+                self.state = "ready"
+                self._ready.set()
+            elif kind == "progress":
+                self.on_event(header)
+            elif kind in ("result", "error"):
+                with self._lock:
+                    pending = self._pending.pop(header["reply_to"], None)
+                if pending is not None:
+                    pending.reply = header
+                    pending.done.set()
+
+    def _fail_pending(self) -> None:
+        with self._lock:
+            pending, self._pending = list(self._pending.values()), {}
+        for waiting in pending:
+            waiting.done.set()  # no reply: the request fails with WorkerUnavailable
+
+    # --- requests -------------------------------------------------------------------------
+
+    def request(self, kind: str, payload: bytes = b"", timeout: float = 60.0,
+                **fields) -> Dict[str, object]:
+        """Send a request and wait for its reply's data; errors come back as AgentErrors."""
+        if not self._ready.is_set() and kind != "shutdown":
+            raise WorkerUnavailable("the worker is %s" % self.state)
+        peer = self._peer
+        waiting = _Pending()
+        header = messages.make(kind, 0, **fields)
+        with self._lock:
+            header["id"] = msg_id = next(self._ids)
+            self._pending[msg_id] = waiting
+        try:
+            peer.send_header(header, payload)
+        except (OSError, ValueError) as exc:
+            with self._lock:
+                self._pending.pop(msg_id, None)
+            raise WorkerUnavailable("the worker went away: %s" % exc) from exc
+        if not waiting.done.wait(timeout):
+            with self._lock:
+                self._pending.pop(msg_id, None)
+            raise WorkerUnavailable("the worker did not answer %s within %.0f s" % (kind, timeout))
+        reply = waiting.reply
+        if reply is None:
+            raise WorkerUnavailable("the worker died while answering %s" % kind)
+        if reply["kind"] == "error":
+            raise from_code(str(reply["code"]), str(reply["message"]))
+        return reply["data"]
