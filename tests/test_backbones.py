@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from device_agent.errors import UnknownName, WeightsMismatch, WeightsNotFound
+from device_agent.manifest import MODELS_DIR_ENV
 from device_agent.model import backbones
 from device_agent.model.layers import RunContext
 
@@ -25,7 +26,7 @@ def model_repo(tmp_path, monkeypatch):
     entry["sha256"] = backbones.sha256_of(str(weights))
     (tmp_path / "manifest.json").write_text(json.dumps({"schema": 1,
                                                         "backbones": {"resnet18": entry}}))
-    monkeypatch.setenv(backbones.MODELS_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv(MODELS_DIR_ENV, str(tmp_path))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     return reference, weights
 

@@ -71,11 +71,24 @@ def _add_models(commands) -> None:
     p.add_argument("names", nargs="*")
 
 
+def _add_serve(commands) -> None:
+    p = commands.add_parser("serve", help="run the daemon: REST API + torch worker process",
+                            description="Every flag also reads DEVICE_AGENT_<FLAG> from the "
+                                        "environment (e.g. DEVICE_AGENT_TOKEN).")
+    p.add_argument("--data-dir", help="default: ~/.local/share/device-agent")
+    p.add_argument("--host", help="default 127.0.0.1; 0.0.0.0 exposes the API on the network")
+    p.add_argument("--port", type=int, help="default 8470")
+    p.add_argument("--token", help="API token; default: generated into DATA_DIR/token (0600)")
+    p.add_argument("--worker-python", help="the torch worker's interpreter (JetPack 4: python3.6)")
+    p.add_argument("--worker-device", help="auto (CUDA when present), cpu, cuda")
+    p.add_argument("--worker-weights", help="'random': untrained backbones (tests only)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="device-agent", description=__doc__)
     parser.add_argument("--version", action="version", version="device-agent " + __version__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_memory, _add_train, _add_predict, _add_demo, _add_models):
+    for add in (_add_memory, _add_train, _add_predict, _add_demo, _add_models, _add_serve):
         add(commands)
     return parser
 
@@ -86,9 +99,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    from device_agent.cli import model_commands
-
-    handler = getattr(model_commands, "run_" + args.command)
+    if args.command == "serve":  # the API side: must not import torch
+        from device_agent.cli import serve_command as commands
+    else:
+        from device_agent.cli import model_commands as commands
+    handler = getattr(commands, "run_" + args.command)
     try:
         return handler(args)
     except AgentError as exc:

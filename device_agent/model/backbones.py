@@ -7,7 +7,6 @@ against the manifest before ``torch.load`` ever sees it (torch 1.10 always unpic
 """
 import hashlib
 import importlib.util
-import json
 import os
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -15,21 +14,10 @@ import torch
 import torch.nn as nn
 
 from device_agent.errors import UnknownName, WeightsMismatch, WeightsNotFound
+from device_agent.manifest import load_manifest, models_dir
 from device_agent.model.layers import Backbone, Block, ConvUnit, MaxPoolUnit
 
 RANDOM = "random"
-MODELS_DIR_ENV = "DEVICE_AGENT_MODELS_DIR"
-_REPO_MODELS_DIR = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "models")
-
-
-def models_dir() -> str:
-    return os.path.abspath(os.environ.get(MODELS_DIR_ENV) or _REPO_MODELS_DIR)
-
-
-def load_manifest(directory: Optional[str] = None) -> Dict[str, dict]:
-    path = os.path.join(directory or models_dir(), "manifest.json")
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)["backbones"]
 
 
 def backbone_info(name: str) -> dict:

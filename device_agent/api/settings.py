@@ -1,0 +1,34 @@
+"""Settings from DEVICE_AGENT_* environment variables (and `device-agent serve` flags)."""
+import os
+import sys
+from typing import Optional
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                           "share")
+    return os.path.join(base, "device-agent")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DEVICE_AGENT_")
+
+    data_dir: str = Field(default_factory=_default_data_dir,
+                          description="SQLite store, datasets, jobs and adapters live here")
+    host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 is an explicit choice")
+    port: int = Field(8470, ge=1, le=65535)
+    token: Optional[str] = Field(None, description="API token; generated into the data dir "
+                                                   "(mode 0600) when not given")
+    worker_python: str = Field(sys.executable, description="interpreter of the torch worker "
+                                                            "(e.g. python3.6 on JetPack 4)")
+    worker_device: str = Field("auto", description="auto (CUDA when present), cpu, cuda")
+    worker_weights: Optional[str] = Field(None, description="'random': untrained backbones, "
+                                                             "for tests only")
+    max_upload_mb: int = Field(512, ge=1, description="largest accepted archive upload")
+    max_extracted_mb: int = Field(2048, ge=1, description="largest unpacked dataset")
+    max_files: int = Field(50000, ge=1, description="most files in one dataset archive")
+    max_pixels: int = Field(40000000, ge=1, description="largest image, in pixels")
+    max_predict_images: int = Field(32, ge=1, description="most images in one predict call")

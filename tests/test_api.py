@@ -1,0 +1,193 @@
+"""The real daemon: uvicorn on a free loopback port with the real worker process."""
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+import zipfile
+
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKEN = "test-token-" + uuid.uuid4().hex
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def call(base, method, path, body=None, token=TOKEN, content_type="application/json"):
+    headers = {"Content-Type": content_type} if body is not None else {}
+    if token is not None:
+        headers["Authorization"] = "Bearer " + token
+    if isinstance(body, dict):
+        body = json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            text = response.read()
+            return response.status, json.loads(text) if text else None
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def multipart(files):
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, (filename, data) in files:
+        parts.append(("--%s\r\nContent-Disposition: form-data; name=\"%s\"; filename=\"%s\"\r\n"
+                      "Content-Type: application/octet-stream\r\n\r\n" % (boundary, name, filename)
+                      ).encode() + data + b"\r\n")
+    body = b"".join(parts) + ("--%s--\r\n" % boundary).encode()
+    return body, "multipart/form-data; boundary=" + boundary
+
+
+def png(rgb):
+    buffer = io.BytesIO()
+    Image.new("RGB", (24, 24), rgb).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def zipped(folder):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for directory, _, names in os.walk(folder):
+            for name in names:
+                path = os.path.join(directory, name)
+                archive.write(path, os.path.relpath(path, folder))
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("data"))
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "device_agent", "serve", "--data-dir", data_dir,
+                             "--port", str(port), "--token", TOKEN, "--worker-device", "cpu",
+                             "--worker-weights", "random"], cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    base = "http://127.0.0.1:%d" % port
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if call(base, "GET", "/readyz", token=None)[0] == 200:
+                break
+        except (urllib.error.URLError, ConnectionError):
+            pass
+        time.sleep(0.3)
+    else:
+        proc.kill()
+        raise AssertionError("the daemon did not become ready")
+    yield base, data_dir
+    proc.terminate()
+    proc.wait(30)
+
+
+def test_every_v1_route_refuses_missing_and_wrong_tokens(server):
+    from device_agent.api.app import create_app
+    from device_agent.api.settings import Settings
+
+    base, data_dir = server
+    app = create_app(Settings(data_dir=data_dir, token="unused"))
+    routes = [(method.upper(), path) for path, operations in app.openapi()["paths"].items()
+              if path.startswith("/v1") for method in operations]  # the public route table
+    assert len(routes) >= 10
+    for method, path in routes:
+        concrete = path.replace("{domain}", "colours").replace("{job_id}", "nope")
+        for token in (None, "", "wrong", TOKEN + "x"):
+            status, body = call(base, method, concrete, body=b"{}", token=token)
+            assert status == 401, (method, path, token, status)
+            assert body["code"] == "unauthorized"
+    assert call(base, "GET", "/healthz", token=None)[0] == 200
+
+
+def test_upload_train_status_predict(server, small_folder):
+    base, _ = server
+    body, content_type = multipart([("file", ("colours.zip", zipped(small_folder)))])
+    status, summary = call(base, "POST", "/v1/domains/colours/datasets", body,
+                           content_type=content_type)
+    assert status == 201, summary
+    assert summary["classes"] == ["blue", "green", "red"]
+    status, job = call(base, "POST", "/v1/domains/colours/jobs",
+                       {"backbone": "resnet18", "epochs": 2, "batch_size": 4, "resolution": 32})
+    assert status == 202, job
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        status, record = call(base, "GET", "/v1/jobs/" + job["job_id"])
+        if record["state"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.3)
+    assert record["state"] == "succeeded", record
+    status, domain = call(base, "GET", "/v1/domains/colours")
+    assert domain["active_version"] == 1 and domain["method"] == "da2"
+    assert domain["adapter_bytes"] > 0 and len(domain["versions"]) == 1
+    body, content_type = multipart([("file", ("a.png", png((220, 30, 30)))),
+                                    ("file", ("b.png", png((30, 40, 220))))])
+    status, result = call(base, "POST", "/v1/domains/colours/predict?top_k=2", body,
+                          content_type=content_type)
+    assert status == 200, result
+    assert len(result["predictions"]) == 2 and len(result["predictions"][0]) == 2
+
+
+@pytest.mark.parametrize("payload,status", [(b"not an archive", 400), (b"PK\x03\x04junk", 400)])
+def test_a_bad_archive_is_refused_and_changes_nothing(server, payload, status):
+    base, data_dir = server
+    before = call(base, "GET", "/v1/domains")[1]
+    body, content_type = multipart([("file", ("x.zip", payload))])
+    code, problem = call(base, "POST", "/v1/domains/newdomain/datasets", body,
+                         content_type=content_type)
+    assert code == status and problem["code"] == "invalid_input" and problem["detail"]
+    assert call(base, "GET", "/v1/domains")[1] == before
+    assert os.listdir(os.path.join(data_dir, "uploads")) == []
+
+
+@pytest.mark.parametrize("body,code", [
+    ({"epochs": 0}, 422), ({"method": "magic"}, 422), ({"backbone": "vgg"}, 422),
+    ({"epochs": "many"}, 422), ({"lr": -1}, 422), ({"unknown": 1}, 422)])
+def test_bad_job_requests_are_422(server, body, code):
+    base, _ = server
+    status, problem = call(base, "POST", "/v1/domains/colours/jobs", body)
+    assert status == code and problem["code"] == "invalid_request"
+
+
+def test_unknown_domains_and_path_characters(server):
+    base, _ = server
+    assert call(base, "GET", "/v1/domains/ghost")[0] == 404
+    assert call(base, "POST", "/v1/domains/..%2Fetc/jobs", {})[0] in (400, 404)
+
+
+def test_the_api_process_never_imports_torch(tmp_path):
+    code = """
+import sys, threading, time, urllib.request, uvicorn
+from device_agent.api.app import create_app
+from device_agent.api.settings import Settings
+app = create_app(Settings(data_dir=sys.argv[1], token="t", worker_weights="random",
+                          worker_device="cpu", port=int(sys.argv[2])))
+server = uvicorn.Server(uvicorn.Config(app, port=int(sys.argv[2]), log_level="warning"))
+thread = threading.Thread(target=server.run); thread.start()
+for _ in range(600):
+    try:
+        if urllib.request.urlopen("http://127.0.0.1:%s/readyz" % sys.argv[2]).status == 200:
+            break
+    except Exception:
+        time.sleep(0.2)
+request = urllib.request.Request("http://127.0.0.1:%s/v1/domains" % sys.argv[2],
+                                 headers={"Authorization": "Bearer t"})
+assert urllib.request.urlopen(request).status == 200
+print("torch" in sys.modules)
+server.should_exit = True; thread.join()
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(free_port())],
+                         stdout=subprocess.PIPE, universal_newlines=True, cwd=ROOT,
+                         env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
+    assert out.stdout.strip().splitlines()[-1] == "False"
