@@ -131,12 +131,55 @@ def test_upload_train_status_predict(server, small_folder):
     status, domain = call(base, "GET", "/v1/domains/colours")
     assert domain["active_version"] == 1 and domain["method"] == "da2"
     assert domain["adapter_bytes"] > 0 and len(domain["versions"]) == 1
-    body, content_type = multipart([("file", ("a.png", png((220, 30, 30)))),
-                                    ("file", ("b.png", png((30, 40, 220))))])
+    body, content_type_images = multipart([("file", ("a.png", png((220, 30, 30)))),
+                                           ("file", ("b.png", png((30, 40, 220))))])
     status, result = call(base, "POST", "/v1/domains/colours/predict?top_k=2", body,
-                          content_type=content_type)
+                          content_type=content_type_images)
     assert status == 200, result
     assert len(result["predictions"]) == 2 and len(result["predictions"][0]) == 2
+    archive = download(base, "/v1/domains/colours/adapter")
+    assert sorted(zipfile.ZipFile(io.BytesIO(archive)).namelist()) == [
+        "adapter_config.json", "adapter_model.safetensors"]
+    upload, content_type = multipart([("file", ("adapter.zip", archive))])
+    status, copy = call(base, "PUT", "/v1/domains/colours-copy/adapter", upload,
+                        content_type=content_type)
+    assert status == 201, copy
+    assert copy["active_version"] == 1 and copy["method"] == "da2"
+    status, again = call(base, "POST", "/v1/domains/colours-copy/predict?top_k=2", body,
+                         content_type=content_type_images)
+    assert status == 200 and again["predictions"] == result["predictions"]
+
+
+def download(base, path):
+    request = urllib.request.Request(base + path, headers={"Authorization": "Bearer " + TOKEN})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert response.headers["Content-Type"] == "application/zip"
+        return response.read()
+
+
+def _zip(files):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("archive,code", [
+    (b"garbage", "invalid_input"),
+    (_zip({"adapter_config.json": b"{}"}), "invalid_input"),
+    (_zip({"adapter_config.json": b"{}", "adapter_model.safetensors": b"", "x.pkl": b""}),
+     "invalid_input"),
+    (_zip({"adapter_config.json": b"{not json", "adapter_model.safetensors": b"\x00" * 8}),
+     "bad_artifact"),
+])
+def test_a_bad_adapter_import_is_refused_and_creates_nothing(server, archive, code):
+    base, _ = server
+    upload, content_type = multipart([("file", ("a.zip", archive))])
+    status, problem = call(base, "PUT", "/v1/domains/imported/adapter", upload,
+                           content_type=content_type)
+    assert 400 <= status < 500 and problem["code"] == code, problem
+    assert call(base, "GET", "/v1/domains/imported")[0] == 404
 
 
 @pytest.mark.parametrize("payload,status", [(b"not an archive", 400), (b"PK\x03\x04junk", 400)])

@@ -5,20 +5,22 @@ adapter files -> store -> here. Every /v1 route needs ``Authorization: Bearer <t
 errors are RFC 7807 problem+json bodies carrying the agent's stable error code.
 """
 import hmac
+import io
 import os
 import secrets
 import shutil
 import tempfile
 import uuid
+import zipfile
 from contextlib import asynccontextmanager
 from typing import Dict, List, Literal, Optional
 
 from fastapi import APIRouter, Depends, FastAPI, File, Header, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from device_agent import __version__
+from device_agent import __version__, artifacts
 from device_agent.api.settings import Settings
 from device_agent.daemon.runner import DataPaths, JobRunner
 from device_agent.daemon.supervisor import WorkerSupervisor
@@ -252,7 +254,59 @@ def _v1_router() -> APIRouter:
                                           parts=[len(i) for i in images])
         return dict(result, domain=domain, version=adapter["version"])
 
+    @router.get("/domains/{domain}/adapter", tags=["adapters"],
+                summary="download the active adapter (config + safetensors, one zip)")
+    def download_adapter(domain: str, request: Request) -> Response:
+        adapter = request.app.state.store.active_adapter(domain)
+        if adapter is None:
+            raise Conflict("domain %r has no adapter yet" % domain)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for name in artifacts.FILES:
+                archive.write(os.path.join(adapter["path"], name), name)
+        filename = "%s-v%d.zip" % (domain, adapter["version"])
+        return Response(buffer.getvalue(), media_type="application/zip", headers={
+            "Content-Disposition": 'attachment; filename="%s"' % filename})
+
+    @router.put("/domains/{domain}/adapter", status_code=201, tags=["adapters"],
+                summary="import an adapter zip; the worker validates it against the backbone")
+    def import_adapter(domain: str, request: Request, file: UploadFile = File(...)) -> Dict:
+        check_domain_name(domain)
+        state = request.app.state
+        target = state.paths.adapter(domain, "import-" + uuid.uuid4().hex[:12])
+        try:
+            _unpack_adapter(file, target, state.settings.max_upload_mb << 20)
+            loaded = state.supervisor.request("load", domain=domain, adapter_dir=target)
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        state.store.ensure_domain(domain)
+        summary = dict(loaded["metrics"], method=loaded["method"], backbone=loaded["backbone"])
+        state.store.import_adapter(domain, target, summary)
+        return _domain_status(request, domain)
+
     return router
+
+
+def _unpack_adapter(upload: UploadFile, target: str, limit: int) -> None:
+    """Exactly the artifact's two files, nothing else, no paths, within the size limit."""
+    data = upload.file.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLarge("adapter upload is over the %d-byte limit" % limit)
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        names = sorted(archive.namelist())
+        if names != sorted(artifacts.FILES):
+            raise InvalidInput("an adapter zip holds exactly %s, this one holds %s"
+                               % (", ".join(artifacts.FILES), ", ".join(names[:5]) or "nothing"))
+        if sum(info.file_size for info in archive.infolist()) > limit:
+            raise PayloadTooLarge("adapter expands beyond the %d-byte limit" % limit)
+        os.makedirs(target)
+        for name in artifacts.FILES:
+            with archive.open(name) as source, open(os.path.join(target, name), "wb") as out:
+                shutil.copyfileobj(source, out)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InvalidInput("not a readable adapter zip: %s" % exc) from exc
 
 
 def _copy_limited(upload: UploadFile, handle: int, limit: int) -> None:

@@ -14,13 +14,12 @@ from typing import Dict, List, Optional
 import torch
 
 from device_agent import __version__
+from device_agent.artifacts import CONFIG_NAME, WEIGHTS_NAME
 from device_agent.errors import ArtifactError, WeightsMismatch
 from device_agent.model import safetensors_io
 from device_agent.model.network import AdaptedNet, DomainModule
 from device_agent.store import atomic
 
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
 FORMAT = "device-agent-adapter"
 FORMAT_VERSION = 1
 MAX_CONFIG_BYTES = 1 << 20

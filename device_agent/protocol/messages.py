@@ -17,6 +17,7 @@ SPECS = {
     "train": {"job_id": str, "domain": str, "dataset_dir": str, "out_dir": str, "params": dict},
     "cancel": {"job_id": str},
     "predict": {"domain": str, "adapter_dir": str, "top_k": int, "parts": list},
+    "load": {"domain": str, "adapter_dir": str},
     "status": {},
     "shutdown": {},
     # worker -> API
@@ -25,7 +26,7 @@ SPECS = {
     "result": {"reply_to": int, "data": dict},
     "error": {"reply_to": int, "code": str, "message": str},
 }
-REQUESTS = ("train", "cancel", "predict", "status", "shutdown")
+REQUESTS = ("train", "cancel", "predict", "load", "status", "shutdown")
 _ENVELOPE = ("v", "kind", "id")
 
 

@@ -310,15 +310,26 @@ class Store(object):
             job = db.execute("SELECT domain FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if job is None:
                 raise UnknownName("job %r not found" % job_id)
-            domain = job["domain"]
-            last = db.execute("SELECT MAX(version) AS v FROM adapter_versions WHERE domain = ?",
-                              (domain,)).fetchone()["v"]
-            version = (last or 0) + 1
-            db.execute("INSERT INTO adapter_versions (domain, version, path, job_id, created_at, "
-                       "summary) VALUES (?, ?, ?, ?, ?, ?)",
-                       (domain, version, path, job_id, time.time(), json.dumps(summary)))
-            db.execute("UPDATE domains SET active_version = ? WHERE name = ?", (version, domain))
+            version = self._add_version(db, job["domain"], path, job_id, summary)
             self._transition(db, job_id, "succeeded", None)
+        return version
+
+    def import_adapter(self, domain: str, path: str, summary: Dict[str, object]) -> int:
+        """Record an imported (already validated) adapter as the domain's active version."""
+        self.get_domain(domain)
+        with self._transaction() as db:
+            return self._add_version(db, domain, path, None, summary)
+
+    @staticmethod
+    def _add_version(db: sqlite3.Connection, domain: str, path: str, job_id: Optional[str],
+                     summary: Dict[str, object]) -> int:
+        last = db.execute("SELECT MAX(version) AS v FROM adapter_versions WHERE domain = ?",
+                          (domain,)).fetchone()["v"]
+        version = (last or 0) + 1
+        db.execute("INSERT INTO adapter_versions (domain, version, path, job_id, created_at, "
+                   "summary) VALUES (?, ?, ?, ?, ?, ?)",
+                   (domain, version, path, job_id, time.time(), json.dumps(summary)))
+        db.execute("UPDATE domains SET active_version = ? WHERE name = ?", (version, domain))
         return version
 
     def versions(self, domain: str) -> List[Dict[str, object]]:

@@ -58,7 +58,7 @@ class Worker(object):
         self.loaded = {}  # type: Dict[str, Tuple[str, dict]]  domain -> (adapter dir, config)
         self.job = None  # type: Optional[Tuple[str, threading.Thread, threading.Event]]
         self.handlers = {"status": self.status, "train": self.train, "predict": self.predict,
-                         "cancel": self.cancel, "shutdown": self.status}
+                         "load": self.load, "cancel": self.cancel, "shutdown": self.status}
 
     def serve(self) -> int:
         self.peer.send("hello", agent_version=__version__, protocol=messages.PROTOCOL_VERSION,
@@ -131,6 +131,12 @@ class Worker(object):
         started = time.time()
         tops = classify(net, config, images, header["top_k"], self.device)
         return {"predictions": tops, "latency_ms": 1000 * (time.time() - started)}
+
+    def load(self, header: dict, payload: bytes) -> Dict[str, object]:
+        """Load (and so validate against the live backbone) a domain's adapter."""
+        _, config = self._domain_net(header["domain"], header["adapter_dir"])
+        return {"method": config["method"], "backbone": config["backbone"]["name"],
+                "classes": config["class_names"], "metrics": config.get("metrics", {})}
 
     # --- models -------------------------------------------------------------------------
 
