@@ -121,3 +121,15 @@ def test_the_daemon_core_never_imports_torch():
     out = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, cwd=ROOT,
                          universal_newlines=True, env=dict(os.environ, PYTHONPATH=ROOT))
     assert out.stdout.strip() == "False"
+
+
+def test_back_to_back_jobs_both_succeed(daemon, small_folder):
+    """The next job is dispatched the moment the previous one ends: the worker must already
+    be free when it announces the end."""
+    store, _, _, _ = daemon
+    first = _job(store, small_folder, epochs=1)
+    second = _job(store, small_folder, epochs=1)
+    wait_for(lambda: _settled(store, second))
+    assert store.get_job(first)["state"] == "succeeded"
+    assert store.get_job(second)["state"] == "succeeded", store.get_job(second)["error"]
+    assert [v["version"] for v in store.versions("colours")] == [1, 2]

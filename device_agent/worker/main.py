@@ -172,27 +172,34 @@ class Worker(object):
                  cancel: threading.Event) -> None:
         job_id = header["job_id"]
         try:
-            backbone, info = self._backbone(str(params.get("backbone", "efficientnet_lite0")))
-            net = AdaptedNet(backbone)
-            net.backbone_info = info
-            net.add_domain(job_id, DomainModule(
-                backbone, str(params.get("method", "da2")), len(split.classes),
-                params.get("adapter_settings"), bool(params.get("train_bn", False))))
-            trainer = Trainer(net, split, config, header["out_dir"],
-                              self._progress_sender(job_id, cancel))
-            result = trainer.run()
-            metrics = {k: v for k, v in result.items() if k != "history"}
-            saved = adapter_io.save_domain(net, job_id, header["out_dir"], split.classes,
-                                           trainer.resolution, metrics)
-            trainer.clear_checkpoint()
-            metrics["adapter_bytes"] = saved["weights_bytes"]
-            self._event(job_id, {"event": "finished", "result": metrics})
+            event = {"event": "finished",
+                     "result": self._train(header, params, config, split, cancel)}
         except Cancelled:
-            self._event(job_id, {"event": "cancelled"})
+            event = {"event": "cancelled"}
         except Exception as exc:
-            self._event(job_id, {"event": "failed", "error": _error(exc)})
-        finally:
-            self.job = None
+            event = {"event": "failed", "error": _error(exc)}
+        # Free the worker before announcing the end: whoever hears it may send the next job.
+        self.job = None
+        self._event(job_id, event)
+
+    def _train(self, header: dict, params: dict, config: TrainConfig, split: data.Split,
+               cancel: threading.Event) -> Dict[str, object]:
+        job_id = header["job_id"]
+        backbone, info = self._backbone(str(params.get("backbone", "efficientnet_lite0")))
+        net = AdaptedNet(backbone)
+        net.backbone_info = info
+        net.add_domain(job_id, DomainModule(
+            backbone, str(params.get("method", "da2")), len(split.classes),
+            params.get("adapter_settings"), bool(params.get("train_bn", False))))
+        trainer = Trainer(net, split, config, header["out_dir"],
+                          self._progress_sender(job_id, cancel))
+        result = trainer.run()
+        metrics = {k: v for k, v in result.items() if k != "history"}
+        saved = adapter_io.save_domain(net, job_id, header["out_dir"], split.classes,
+                                       trainer.resolution, metrics)
+        trainer.clear_checkpoint()
+        metrics["adapter_bytes"] = saved["weights_bytes"]
+        return metrics
 
     def _progress_sender(self, job_id: str, cancel: threading.Event):
         last = [0.0]
