@@ -248,7 +248,10 @@ def _v1_router() -> APIRouter:
         if len(file) > state.settings.max_predict_images or not 1 <= top_k <= 100:
             raise InvalidInput("at most %d images and 1 <= top_k <= 100"
                                % state.settings.max_predict_images)
-        images = [upload.file.read() for upload in file]
+        limit = state.settings.max_upload_mb << 20
+        images = [upload.file.read(limit + 1) for upload in file]
+        if sum(len(image) for image in images) > limit:
+            raise PayloadTooLarge("images are over the %d MB limit" % state.settings.max_upload_mb)
         result = state.supervisor.request("predict", b"".join(images), domain=domain,
                                           adapter_dir=adapter["path"], top_k=top_k,
                                           parts=[len(i) for i in images])
