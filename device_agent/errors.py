@@ -72,6 +72,20 @@ class MemoryBudgetExceeded(AgentError):
     exit_code = 4
 
 
+class Unauthorized(AgentError):
+    """A missing or wrong API token."""
+
+    code = "unauthorized"
+    http_status = 401
+
+
+class PayloadTooLarge(InvalidInput):
+    """An upload over its size limit."""
+
+    code = "payload_too_large"
+    http_status = 413
+
+
 class WorkerUnavailable(AgentError):
     """The worker process is starting, restarting or died while answering."""
 
@@ -83,7 +97,8 @@ def from_code(code: str, message: str) -> AgentError:
     """Rebuild an error that crossed the worker protocol, keeping its code and status."""
     classes = {cls.code: cls for cls in (AgentError, InvalidInput, UnknownName, Conflict,
                                          WeightsNotFound, WeightsMismatch, ArtifactError,
-                                         MemoryBudgetExceeded, WorkerUnavailable)}
+                                         MemoryBudgetExceeded, WorkerUnavailable, Unauthorized,
+                                         PayloadTooLarge)}
     error = classes.get(code, AgentError)(message)
     if code not in classes:
         error.code = code

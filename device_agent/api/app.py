@@ -24,23 +24,13 @@ from device_agent import __version__, artifacts
 from device_agent.api.settings import Settings
 from device_agent.daemon.runner import DataPaths, JobRunner
 from device_agent.daemon.supervisor import WorkerSupervisor
-from device_agent.errors import AgentError, Conflict, InvalidInput
+from device_agent.errors import AgentError, Conflict, InvalidInput, PayloadTooLarge, Unauthorized
 from device_agent.manifest import load_manifest
 from device_agent.store import atomic, datasets
 from device_agent.store.db import Store, check_domain_name
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHUNK = 1 << 20
-
-
-class Unauthorized(AgentError):
-    code = "unauthorized"
-    http_status = 401
-
-
-class PayloadTooLarge(AgentError):
-    code = "payload_too_large"
-    http_status = 413
 
 
 class JobRequest(BaseModel):

@@ -157,12 +157,16 @@ class Store(object):
                        (name, time.time()))
         return self.get_domain(name)
 
-    def get_domain(self, name: str) -> Dict[str, object]:
+    def _one(self, table: str, key: str, value: object, what: str) -> sqlite3.Row:
         with self._lock:
-            row = self._db.execute("SELECT * FROM domains WHERE name = ?", (name,)).fetchone()
+            row = self._db.execute("SELECT * FROM %s WHERE %s = ?" % (table, key),
+                                   (value,)).fetchone()
         if row is None:
-            raise UnknownName("domain %r not found" % name)
-        return _row(row)
+            raise UnknownName("%s %r not found" % (what, value))
+        return row
+
+    def get_domain(self, name: str) -> Dict[str, object]:
+        return _row(self._one("domains", "name", name, "domain"))
 
     def list_domains(self) -> List[Dict[str, object]]:
         with self._lock:
@@ -189,11 +193,7 @@ class Store(object):
             return int(cursor.lastrowid)
 
     def get_dataset(self, dataset_id: int) -> Dict[str, object]:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM datasets WHERE id = ?", (dataset_id,)).fetchone()
-        if row is None:
-            raise UnknownName("dataset %r not found" % dataset_id)
-        return _row(row, ("summary",))
+        return _row(self._one("datasets", "id", dataset_id, "dataset"), ("summary",))
 
     def latest_dataset(self, domain: str) -> Optional[Dict[str, object]]:
         with self._lock:
@@ -215,11 +215,7 @@ class Store(object):
         return self.get_job(job_id)
 
     def get_job(self, job_id: str) -> Dict[str, object]:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise UnknownName("job %r not found" % job_id)
-        return _row(row, _JOB_JSON)
+        return _row(self._one("jobs", "id", job_id, "job"), _JOB_JSON)
 
     def list_jobs(self, domain: Optional[str] = None) -> List[Dict[str, object]]:
         query, args = "SELECT * FROM jobs ORDER BY created_at, rowid", ()
