@@ -10,6 +10,7 @@ main loop keeps answering status, predict and cancel meanwhile. Every exception 
 """
 import argparse
 import io
+import os
 import platform
 import resource
 import sys
@@ -226,4 +227,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     stdout = sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but frames may reach the protocol stream
-    return Worker(Peer(sys.stdin.buffer, stdout), args.device, args.weights).serve()
+    code = Worker(Peer(sys.stdin.buffer, stdout), args.device, args.weights).serve()
+    # A training thread may still run (shutdown mid-job): everything it must keep is on disk
+    # (atomic checkpoints; the job is requeued and resumes), so leave without interpreter
+    # teardown, which would abort inside libtorch's threads.
+    stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
