@@ -165,12 +165,15 @@ class Store(object):
             raise UnknownName("%s %r not found" % (what, value))
         return row
 
+    def _all(self, query: str, args=(), json_fields=()) -> List[Dict[str, object]]:
+        with self._lock:
+            return [_row(r, json_fields) for r in self._db.execute(query, args)]
+
     def get_domain(self, name: str) -> Dict[str, object]:
         return _row(self._one("domains", "name", name, "domain"))
 
     def list_domains(self) -> List[Dict[str, object]]:
-        with self._lock:
-            return [_row(r) for r in self._db.execute("SELECT * FROM domains ORDER BY name")]
+        return self._all("SELECT * FROM domains ORDER BY name")
 
     def delete_domain(self, name: str) -> None:
         self.get_domain(name)
@@ -218,12 +221,10 @@ class Store(object):
         return _row(self._one("jobs", "id", job_id, "job"), _JOB_JSON)
 
     def list_jobs(self, domain: Optional[str] = None) -> List[Dict[str, object]]:
-        query, args = "SELECT * FROM jobs ORDER BY created_at, rowid", ()
-        if domain is not None:
-            query, args = ("SELECT * FROM jobs WHERE domain = ? ORDER BY created_at, rowid",
-                           (domain,))
-        with self._lock:
-            return [_row(r, _JOB_JSON) for r in self._db.execute(query, args)]
+        if domain is None:
+            return self._all("SELECT * FROM jobs ORDER BY created_at, rowid", (), _JOB_JSON)
+        return self._all("SELECT * FROM jobs WHERE domain = ? ORDER BY created_at, rowid",
+                         (domain,), _JOB_JSON)
 
     def claim_next_job(self) -> Optional[Dict[str, object]]:
         """Atomically move the oldest queued job to running (FIFO)."""
@@ -272,9 +273,13 @@ class Store(object):
             row = db.execute("SELECT state FROM jobs WHERE id = ?", (job_id,)).fetchone()
             if row is None or row["state"] != "running":
                 return False
-            self._transition(db, job_id, "interrupted", reason)
-            self._transition(db, job_id, "queued", None)
+            self._requeue_running(db, job_id, reason)
         return True
+
+    def _requeue_running(self, db: sqlite3.Connection, job_id: str,
+                         reason: Optional[str]) -> None:
+        self._transition(db, job_id, "interrupted", reason)
+        self._transition(db, job_id, "queued", None)
 
     def requeue_interrupted(self) -> List[str]:
         """At start-up: jobs left running by a crash are marked interrupted, then queued
@@ -282,15 +287,12 @@ class Store(object):
         with self._transaction() as db:
             ids = [r["id"] for r in db.execute("SELECT id FROM jobs WHERE state = 'running'")]
             for job_id in ids:
-                self._transition(db, job_id, "interrupted", None)
-                self._transition(db, job_id, "queued", None)
+                self._requeue_running(db, job_id, None)
         return ids
 
     def events(self, job_id: str) -> List[Dict[str, object]]:
-        with self._lock:
-            rows = self._db.execute("SELECT at, kind, data FROM job_events WHERE job_id = ? "
-                                    "ORDER BY id", (job_id,))
-            return [_row(r, ("data",)) for r in rows]
+        return self._all("SELECT at, kind, data FROM job_events WHERE job_id = ? ORDER BY id",
+                         (job_id,), ("data",))
 
     @staticmethod
     def _event(db: sqlite3.Connection, job_id: str, kind: str, data: Dict[str, object]) -> None:
@@ -329,10 +331,8 @@ class Store(object):
         return version
 
     def versions(self, domain: str) -> List[Dict[str, object]]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM adapter_versions WHERE domain = ? "
-                                    "ORDER BY version", (domain,))
-            return [_row(r, ("summary",)) for r in rows]
+        return self._all("SELECT * FROM adapter_versions WHERE domain = ? ORDER BY version",
+                         (domain,), ("summary",))
 
     def activate_version(self, domain: str, version: int) -> None:
         """Roll a domain back (or forward) to a kept version."""

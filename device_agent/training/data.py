@@ -15,9 +15,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from device_agent.errors import InvalidInput
+from device_agent.store.datasets import IMAGE_EXTENSIONS  # one list of image file types
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif",
-                    ".tiff")
 Sample = Tuple[str, int]
 
 

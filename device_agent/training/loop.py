@@ -94,7 +94,8 @@ def accuracy(net: AdaptedNet, batches, lean: bool = True,
     return {"top1": hits1 / max(total, 1), "top5": hits5 / max(total, 1)}
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # Linux: KiB
 
 
@@ -289,7 +290,7 @@ class Trainer(object):
             "train_images": len(self.split.train), "val_images": len(self.split.val),
             "val_top1": self.best[0] if self.best[1] is not None else last.get("val_top1"),
             "trainable_params": trainable_parameters(self.net),
-            "saved_activation_mb": saved_mb, "peak_rss_mb": _peak_rss_mb(),
+            "saved_activation_mb": saved_mb, "peak_rss_mb": peak_rss_mb(),
             "images_per_sec": images_per_sec,
             "step_ms_p50": 1000 * times[len(times) // 2],
             "step_ms_p95": 1000 * times[min(len(times) - 1, int(len(times) * 0.95))],

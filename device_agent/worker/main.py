@@ -12,7 +12,6 @@ import argparse
 import io
 import os
 import platform
-import resource
 import sys
 import threading
 import time
@@ -32,7 +31,7 @@ from device_agent.protocol.framing import ProtocolError
 from device_agent.protocol.peer import Peer
 from device_agent.training import data
 from device_agent.training.inference import classify
-from device_agent.training.loop import TrainConfig, Trainer, resolve_device
+from device_agent.training.loop import TrainConfig, Trainer, peak_rss_mb, resolve_device
 
 TRAIN_FIELDS = ("epochs", "batch_size", "lr", "label_smoothing", "resolution", "seed",
                 "micro_batch", "patience", "val_fraction", "hflip")
@@ -91,7 +90,7 @@ class Worker(object):
         return {"busy": self.job is not None, "job_id": self.job[0] if self.job else None,
                 "device": str(self.device), "backbones": sorted(self.backbones),
                 "domains": sorted(self.loaded),
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6}
+                "peak_rss_mb": peak_rss_mb()}
 
     def train(self, header: dict, payload: bytes) -> Dict[str, object]:
         if self.job is not None:
