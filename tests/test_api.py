@@ -18,6 +18,7 @@ pytest.importorskip("fastapi")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "test-token-" + uuid.uuid4().hex
+UPLOAD_LIMIT_MB = 1
 
 
 def free_port():
@@ -75,7 +76,8 @@ def server(tmp_path_factory):
     proc = subprocess.Popen([sys.executable, "-m", "device_agent", "serve", "--data-dir", data_dir,
                              "--port", str(port), "--token", TOKEN, "--worker-device", "cpu",
                              "--worker-weights", "random"], cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=ROOT))
+                            env=dict(os.environ, PYTHONPATH=ROOT,
+                                     DEVICE_AGENT_MAX_UPLOAD_MB=str(UPLOAD_LIMIT_MB)))
     base = "http://127.0.0.1:%d" % port
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -121,16 +123,22 @@ def test_upload_train_status_predict(server, small_folder):
     status, job = call(base, "POST", "/v1/domains/colours/jobs",
                        {"backbone": "resnet18", "epochs": 2, "batch_size": 4, "resolution": 32})
     assert status == 202, job
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        status, record = call(base, "GET", "/v1/jobs/" + job["job_id"])
-        if record["state"] in ("succeeded", "failed"):
-            break
-        time.sleep(0.3)
+    record = wait_for_job(base, job["job_id"])
     assert record["state"] == "succeeded", record
+    assert record["progress"]["fraction"] == 1.0 and record["progress"]["eta_s"] == 0.0
+    assert [h["epoch"] for h in record["history"]] == [0, 1]
+    assert 0 <= record["val_top1"] <= 1 and record["adapter_bytes"] > 0
+    memory, latency = record["memory"], record["latency"]
+    assert memory["batch_size"] == 4 and memory["saved_activation_mb"] > 0
+    assert memory["step_peak_rss_mb"] > 50 and memory["worker_peak_rss_mb"] > 50
+    assert latency["step_ms_p50"] > 0 and latency["step_ms_p95"] >= latency["step_ms_p50"]
+    assert latency["images_per_sec"] > 0
     status, domain = call(base, "GET", "/v1/domains/colours")
     assert domain["active_version"] == 1 and domain["method"] == "da2"
+    assert domain["classes"] == ["blue", "green", "red"]
     assert domain["adapter_bytes"] > 0 and len(domain["versions"]) == 1
+    assert domain["last_job"]["id"] == job["job_id"]
+    assert domain["last_job"]["latency"]["step_ms_p50"] > 0
     body, content_type_images = multipart([("file", ("a.png", png((220, 30, 30)))),
                                            ("file", ("b.png", png((30, 40, 220))))])
     status, result = call(base, "POST", "/v1/domains/colours/predict?top_k=2", body,
@@ -148,6 +156,96 @@ def test_upload_train_status_predict(server, small_folder):
     status, again = call(base, "POST", "/v1/domains/colours-copy/predict?top_k=2", body,
                          content_type=content_type_images)
     assert status == 200 and again["predictions"] == result["predictions"]
+
+
+def wait_for_job(base, job_id, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status, record = call(base, "GET", "/v1/jobs/" + job_id)
+        assert status == 200, record
+        if record["state"] in ("succeeded", "failed", "cancelled"):
+            return record
+        time.sleep(0.3)
+    raise AssertionError("job %s did not finish" % job_id)
+
+
+def test_batch_auto_and_an_impossible_memory_limit(server, small_folder):
+    base, _ = server
+    body, content_type = multipart([("file", ("colours.zip", zipped(small_folder)))])
+    assert call(base, "POST", "/v1/domains/sized/datasets", body,
+                content_type=content_type)[0] == 201
+    params = {"backbone": "resnet18", "epochs": 1, "resolution": 32}
+    status, job = call(base, "POST", "/v1/domains/sized/jobs", dict(params, batch_size="auto"))
+    record = wait_for_job(base, job["job_id"])
+    assert record["state"] == "succeeded", record
+    assert record["params"]["batch_size"] == "auto"
+    assert record["memory"]["batch_size"] >= 2 and record["memory"]["estimated_peak_mb"] > 0
+    # 64 MB is below what the worker itself holds: refused before the first step.
+    status, job = call(base, "POST", "/v1/domains/sized/jobs", dict(params, memory_limit_mb=64))
+    record = wait_for_job(base, job["job_id"])
+    assert record["state"] == "failed" and "memory_limit_mb" in record["error"], record
+    assert call(base, "GET", "/readyz", token=None)[0] == 200  # the worker lives on
+    status, domain = call(base, "GET", "/v1/domains/sized")
+    assert domain["active_version"] == 1  # the good version stays active
+
+
+def _raw_post(base, path, headers, chunks):
+    """Send a request by hand (chunked if asked); returns the status and the body's JSON."""
+    host, port = base.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        head = "POST %s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n" % (path, TOKEN)
+        sock.sendall((head + "".join("%s: %s\r\n" % h for h in headers) + "\r\n").encode())
+        sent = 0
+        try:
+            for chunk in chunks:
+                sock.sendall(chunk)
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server stopped reading: refused early
+        response = b""
+        while b"\r\n\r\n" not in response or not response.rstrip().endswith(b"}"):
+            data = sock.recv(65536)
+            if not data:
+                break
+            response += data
+    status = int(response.split(b" ", 2)[1])
+    return status, json.loads(response.split(b"\r\n\r\n", 1)[1]), sent
+
+
+def test_uploads_over_the_limit_are_refused_as_they_stream(server):
+    base, data_dir = server
+    limit = UPLOAD_LIMIT_MB << 20
+    declared = [("Content-Type", "multipart/form-data; boundary=x"),
+                ("Content-Length", str(50 * limit))]
+    status, problem, _ = _raw_post(base, "/v1/domains/big/datasets", declared, [])
+    assert status == 413 and problem["code"] == "payload_too_large"
+    def chunked_body():  # a valid form whose file part never ends
+        preamble = (b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.zip"'
+                    b'\r\nContent-Type: application/zip\r\n\r\n')
+        for piece in [preamble] + [b"0" * 65536] * (50 * limit // 65536):
+            yield b"%x\r\n%s\r\n" % (len(piece), piece)
+
+    chunked = [("Content-Type", "multipart/form-data; boundary=x"),
+               ("Transfer-Encoding", "chunked")]
+    status, problem, sent = _raw_post(base, "/v1/domains/big/datasets", chunked, chunked_body())
+    assert status == 413 and problem["code"] == "payload_too_large", problem
+    assert sent < 10 * limit  # the server stopped reading long before the 50 MB were sent
+    assert call(base, "GET", "/v1/domains/big")[0] == 404
+    uploads = os.path.join(data_dir, "uploads")
+    assert not os.path.isdir(uploads) or os.listdir(uploads) == []
+
+
+def test_the_openapi_schema_documents_every_field(server):
+    from device_agent.api.app import create_app
+    from device_agent.api.settings import Settings
+
+    schema = create_app(Settings(data_dir=server[1], token="unused")).openapi()
+    models = schema["components"]["schemas"]
+    for name in ("JobRequest", "Job", "JobProgress", "JobMemory", "JobLatency", "EpochMetrics",
+                 "DomainStatus", "VersionInfo", "DatasetSummary", "PredictResponse", "Health"):
+        undocumented = [field for field, spec in models[name]["properties"].items()
+                        if not spec.get("description")]
+        assert undocumented == [], (name, undocumented)
 
 
 def download(base, path):

@@ -103,7 +103,7 @@ def test_every_image_mode_decodes_to_rgb(tmp_path, mode):
     assert image.mode == "RGB" and image.size == (5, 7)
 
 
-@pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", 0), ("lr", -1.0),
+@pytest.mark.parametrize("field,value", [("epochs", 0), ("batch_size", -1), ("lr", -1.0),
                                          ("lr", float("nan")), ("resolution", 4),
                                          ("label_smoothing", 1.0), ("val_fraction", 1.0)])
 def test_absurd_settings_are_refused(field, value):

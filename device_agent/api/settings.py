@@ -1,22 +1,17 @@
 """Settings from DEVICE_AGENT_* environment variables (and `device-agent serve` flags)."""
-import os
 import sys
 from typing import Optional
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
-def _default_data_dir() -> str:
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
-                                                           "share")
-    return os.path.join(base, "device-agent")
+from device_agent.store.layout import default_data_dir
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DEVICE_AGENT_")
 
-    data_dir: str = Field(default_factory=_default_data_dir,
+    data_dir: str = Field(default_factory=default_data_dir,
                           description="SQLite store, datasets, jobs and adapters live here")
     host: str = Field("127.0.0.1", description="bind address; 0.0.0.0 is an explicit choice")
     port: int = Field(8470, ge=1, le=65535)
@@ -32,3 +27,7 @@ class Settings(BaseSettings):
     max_files: int = Field(50000, ge=1, description="most files in one dataset archive")
     max_pixels: int = Field(40000000, ge=1, description="largest image, in pixels")
     max_predict_images: int = Field(32, ge=1, description="most images in one predict call")
+    memory_limit_mb: int = Field(0, ge=0, description="default per-job memory ceiling in MB "
+                                                      "(0: what MemAvailable leaves)")
+    demo: bool = Field(False, description="at start, upload the demo domain (handwritten "
+                                          "digits from scikit-learn) and queue its training")

@@ -82,6 +82,10 @@ def _add_serve(commands) -> None:
     p.add_argument("--worker-python", help="the torch worker's interpreter (JetPack 4: python3.6)")
     p.add_argument("--worker-device", help="auto (CUDA when present), cpu, cuda")
     p.add_argument("--worker-weights", help="'random': untrained backbones (tests only)")
+    p.add_argument("--memory-limit-mb", type=int,
+                   help="default per-job memory ceiling (0: what MemAvailable leaves)")
+    p.add_argument("--demo", action="store_true", default=None,
+                   help="upload the demo domain (digits) at start and queue its training")
 
 
 def build_parser() -> argparse.ArgumentParser:

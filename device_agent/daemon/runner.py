@@ -12,28 +12,31 @@ from typing import Dict, Optional
 
 from device_agent.errors import AgentError, WorkerUnavailable
 from device_agent.store.db import Store
+from device_agent.store.layout import DataPaths
 
 TERMINAL_EVENTS = ("finished", "failed", "cancelled")
+LOGGED_EVENTS = ("start", "epoch", "memory_adjusted")  # also kept as job events
 
 
-class DataPaths(object):
-    """Every on-disk location under the data directory, in one place."""
+def merge_progress(progress: Dict[str, object], event: Dict[str, object]) -> Dict[str, object]:
+    """Fold one worker event into the job's progress record.
 
-    def __init__(self, root: str) -> None:
-        self.root = os.path.abspath(root)
-
-    @property
-    def database(self) -> str:
-        return os.path.join(self.root, "agent.db")
-
-    def datasets(self, domain: str) -> str:
-        return os.path.join(self.root, "datasets", domain)
-
-    def job(self, job_id: str) -> str:
-        return os.path.join(self.root, "jobs", job_id)
-
-    def adapter(self, domain: str, job_id: str) -> str:
-        return os.path.join(self.root, "domains", domain, "adapters", job_id)
+    ``start`` and ``step`` events carry the latest figures (plan, step, loss, ETA, step
+    latency, memory); ``epoch`` events append to ``history`` (one entry per epoch, so a
+    resumed job does not repeat one); ``memory_adjusted`` appends to ``memory_adjustments``.
+    """
+    merged = dict(progress)
+    fields = {k: v for k, v in event.items() if k != "event"}
+    kind = event.get("event")
+    if kind == "epoch":
+        history = [h for h in merged.get("history", []) if h.get("epoch") != fields.get("epoch")]
+        merged["history"] = history + [fields]
+    elif kind == "memory_adjusted":
+        merged["memory_adjustments"] = list(merged.get("memory_adjustments", [])) + [fields]
+        merged["micro_batch"] = fields.get("micro_batch")
+    else:
+        merged.update(fields)
+    return merged
 
 
 class JobRunner(object):
@@ -93,7 +96,8 @@ class JobRunner(object):
                 error = event.get("error", {}).get("message") if kind == "failed" else None
                 self._finish(job_id, kind, error)
         else:
-            self.store.update_progress(job_id, event)
+            merged = merge_progress(self.store.get_job(job_id)["progress"], event)
+            self.store.update_progress(job_id, merged, event if kind in LOGGED_EVENTS else None)
 
     def on_worker_exit(self) -> None:
         with self._lock:

@@ -21,6 +21,10 @@ from device_agent.model.network import AdaptedNet
 PATHS = ("plain", "lean", "minimum")
 PROBE = 2  # the estimator's probe batch
 MB = 1e6
+# A step's transient memory beyond what autograd keeps: the output being computed, the
+# gradient flowing back and the next one, each at most the largest activation. Calibrated
+# against measured step peaks (tests/test_memory.py checks the estimate brackets them).
+WORKSPACE_ACTIVATIONS = 4.0
 
 
 def _storage(t: torch.Tensor) -> Tuple[int, int]:
@@ -74,12 +78,16 @@ def _ledger_key(key, module: nn.Module):
 def estimate_saved_bytes(net: AdaptedNet, image_shape: Tuple[int, int, int],
                          batch_size: int) -> Dict[str, float]:
     """Analytic saved-activation bytes per path ("plain", "lean", "minimum"), from a
-    shape-recording pass at batch 2 (train-mode BN needs two samples), scaled linearly."""
+    shape-recording pass at batch 2 (train-mode BN needs two samples), scaled linearly.
+    Also ``largest_activation``: the biggest single output, which bounds a step's working
+    memory (see :func:`estimate_step_bytes`)."""
     ledgers = {path: {} for path in PATHS}  # type: Dict[str, Dict[object, float]]
     keep_alive = []  # probe tensors stay referenced so storage addresses stay unique
+    largest = [0]
 
     def hook(module, inputs, output):
         keep_alive.extend([inputs[0], output])
+        largest[0] = max(largest[0], output.numel() * output.element_size())
         for path, key, nbytes in module.activation_rule(inputs[0], output, inputs[1]):
             ledgers[path][_ledger_key(key, module)] = nbytes
 
@@ -101,7 +109,17 @@ def estimate_saved_bytes(net: AdaptedNet, image_shape: Tuple[int, int, int],
         totals[path] = ledger_total * batch_size / float(PROBE)
     if net.domain.backbone is not None:  # finetune runs on the plain path only
         totals["lean"] = totals["plain"]
+    totals["largest_activation"] = largest[0] * batch_size / float(PROBE)
     return totals
+
+
+def estimate_step_bytes(net: AdaptedNet, image_shape: Tuple[int, int, int], batch_size: int,
+                        lean: bool = True) -> float:
+    """A training step's peak above the resident model: what autograd keeps plus the
+    working set of the largest layer. Decides ``batch_size="auto"`` and micro-batching."""
+    estimate = estimate_saved_bytes(net, image_shape, batch_size)
+    saved = estimate["lean" if lean else "plain"]
+    return saved + WORKSPACE_ACTIVATIONS * estimate["largest_activation"]
 
 
 def _features_for_estimate(net: AdaptedNet, x: torch.Tensor) -> torch.Tensor:

@@ -1,1 +1,1 @@
-"""Durable state: atomic file writes now; the SQLite store joins it with the daemon."""
+"""Durable state: the SQLite store, datasets, atomic writes and the data-dir layout."""

@@ -226,6 +226,11 @@ class Store(object):
         return self._all("SELECT * FROM jobs WHERE domain = ? ORDER BY created_at, rowid",
                          (domain,), _JOB_JSON)
 
+    def last_job(self, domain: str) -> Optional[Dict[str, object]]:
+        rows = self._all("SELECT * FROM jobs WHERE domain = ? ORDER BY created_at DESC, "
+                         "rowid DESC LIMIT 1", (domain,), _JOB_JSON)
+        return rows[0] if rows else None
+
     def claim_next_job(self) -> Optional[Dict[str, object]]:
         """Atomically move the oldest queued job to running (FIFO)."""
         with self._transaction() as db:
@@ -258,9 +263,15 @@ class Store(object):
                    (state, error, finished, job_id))
         self._event(db, job_id, state, {"error": error} if error else {})
 
-    def update_progress(self, job_id: str, progress: Dict[str, object]) -> None:
+    def update_progress(self, job_id: str, progress: Dict[str, object],
+                        event: Optional[Dict[str, object]] = None) -> None:
+        """Replace the job's progress record, and log ``event`` (one with an "event" kind)
+        in the same transaction."""
         with self._transaction() as db:
             db.execute("UPDATE jobs SET progress = ? WHERE id = ?", (json.dumps(progress), job_id))
+            if event is not None:
+                data = {k: v for k, v in event.items() if k != "event"}
+                self._event(db, job_id, str(event["event"]), data)
 
     def set_report(self, job_id: str, report: Dict[str, object]) -> None:
         with self._transaction() as db:

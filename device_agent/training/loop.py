@@ -4,7 +4,8 @@ Adam with a cosine schedule computed from the global step (so resuming needs no 
 state), label smoothing, early stopping on validation top-1 (the best epoch's weights are
 kept), and after every epoch an adapter-only checkpoint -- the domain's tensors, Adam's
 moments and the RNG state in safetensors plus a JSON file -- that a killed run resumes
-from, reproducing the uninterrupted run exactly on CPU.
+from, reproducing the uninterrupted run exactly on CPU. Memory: the batch is planned and
+every step watched by ``memory_guard`` (micro-batches halve under pressure or on OOM).
 """
 import hashlib
 import json
@@ -13,7 +14,7 @@ import os
 import resource
 import shutil
 import time
-from typing import Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -23,17 +24,19 @@ from device_agent.model.memory import measure_saved_bytes, trainable_parameters
 from device_agent.model.network import AdaptedNet
 from device_agent.store import atomic
 from device_agent.training import data
+from device_agent.training.memory_guard import MemoryWatch, is_out_of_memory, plan_batch
 from device_agent.training.step import make_optimizer, train_step
 
 DEFAULT_LR = {"finetune": 1e-4, "last": 3e-3, "bn_last": 1e-3, "tinytl_bias": 1e-3,
               "tinytl_lite_residual": 1e-3, "da2": 1e-3}
 CHECKPOINT_DIR = "checkpoint"
+LATENCY_WINDOW = 100  # steps behind the live p50/p95
 Progress = Callable[[Dict[str, object]], None]
 
 
 class TrainConfig(NamedTuple):
     epochs: int = 5
-    batch_size: int = 8
+    batch_size: int = 8         # 0: "auto", the largest that fits the memory limit
     lr: float = 0.0             # 0: the method's default (DEFAULT_LR)
     weight_decay: float = 0.0
     label_smoothing: float = 0.1
@@ -46,10 +49,12 @@ class TrainConfig(NamedTuple):
     hflip: bool = True
     val_fraction: float = 0.2
     device: str = "cpu"         # "cpu", "cuda", "cuda:N"
+    memory_limit_mb: float = 0  # 0: MemAvailable less a reserve is the limit
 
     def validate(self) -> "TrainConfig":
         checks = [(self.epochs >= 1, "epochs must be >= 1"),
-                  (self.batch_size >= 1, "batch size must be >= 1"),
+                  (self.batch_size >= 0, "batch size must be >= 1 (or 0: auto)"),
+                  (self.memory_limit_mb >= 0, "memory limit must be >= 0 MB"),
                   (self.lr >= 0 and math.isfinite(self.lr), "lr must be a finite number >= 0"),
                   (0 <= self.label_smoothing < 1, "label smoothing must be in [0, 1)"),
                   (self.resolution == 0 or 16 <= self.resolution <= 1024,
@@ -125,6 +130,8 @@ class Trainer(object):
         self.best = (-1.0, None)  # type: Tuple[float, Optional[Dict[str, torch.Tensor]]]
         self.start_epoch = 0
         self.step_times = []  # type: List[float]
+        self.batch_size = config.batch_size  # 0 until planned
+        self.watch = None  # type: Optional[MemoryWatch]
 
     # --- checkpoints -------------------------------------------------------------------
 
@@ -158,6 +165,7 @@ class Trainer(object):
         atomic.write_json(os.path.join(self.checkpoint_dir, "state.json"), {
             "fingerprint": self.fingerprint(), "epoch": epoch, "history": self.history,
             "best_top1": self.best[0], "optimizer_scalars": scalars,
+            "batch_size": self.batch_size,
             "tensors_sha256": hashlib.sha256(blob).hexdigest()})
 
     def try_resume(self) -> bool:
@@ -185,6 +193,7 @@ class Trainer(object):
             torch.cuda.set_rng_state(tensors["rng_cuda"], self.device)
         self.history = list(meta["history"])
         self.start_epoch = int(meta["epoch"]) + 1
+        self.batch_size = int(meta.get("batch_size") or self.batch_size)  # "auto" stays put
         return True
 
     def _load_optimizer(self, tensors: Dict[str, torch.Tensor], scalars: Dict[str, object]) -> None:
@@ -198,20 +207,33 @@ class Trainer(object):
 
     # --- training ----------------------------------------------------------------------
 
+    def plan_memory(self) -> Dict[str, object]:
+        """Fix the batch size and micro-batch for the memory limit (before the first step)."""
+        plan = plan_batch(self.net, (3, self.resolution, self.resolution), self.batch_size,
+                          self.config.micro_batch, self.config.memory_limit_mb,
+                          self.config.lean, len(self.split.train))
+        self.batch_size = plan.batch_size
+        self.watch = MemoryWatch(plan, self.device, can_split=self.net.domain.backbone is None)
+        return plan.as_dict()
+
     def run(self) -> Dict[str, object]:
         config = self.config
         resumed = self.try_resume()
-        train_batches = len(self.split.train) // config.batch_size + \
-            (1 if len(self.split.train) % config.batch_size else 0)
-        total_steps = train_batches * config.epochs
+        memory = self.plan_memory()
+        batches = -(-len(self.split.train) // self.batch_size)
+        self.clock = _Clock(batches * (config.epochs - self.start_epoch))
         saved_mb = self._saved_activation_mb()
+        self.on_progress(dict(memory, event="start", saved_activation_mb=saved_mb,
+                              epochs=config.epochs, steps=batches, resumed=resumed))
         trained_images, train_seconds = 0, 0.0
         epochs_done = self.start_epoch
         for epoch in range(self.start_epoch, config.epochs):
             started = time.time()
-            trained_images += self._train_epoch(epoch, train_batches, total_steps)
+            trained_images += self._train_epoch(epoch, batches, batches * config.epochs)
             train_seconds += time.time() - started
+            evaluated = time.time()
             metrics = self._evaluate(epoch)
+            self.clock.evaluated(time.time() - evaluated, config.epochs - epoch - 1)
             self.history.append(metrics)
             self.on_progress(dict(metrics, event="epoch", epochs=config.epochs))
             epochs_done = epoch + 1
@@ -226,7 +248,7 @@ class Trainer(object):
     def _train_epoch(self, epoch: int, batches: int, total_steps: int) -> int:
         config = self.config
         transform = data.train_transform(self.transforms)
-        loader = data.loader(self.split.train, transform, config.batch_size, shuffle=True,
+        loader = data.loader(self.split.train, transform, self.batch_size, shuffle=True,
                              seed=config.seed * 1000 + epoch)
         self.net.train()
         seen = 0
@@ -236,21 +258,56 @@ class Trainer(object):
                 group["lr"] = _cosine_lr(self.lr, global_step, total_steps)
             images, labels = images.to(self.device), labels.to(self.device)
             tick = time.time()
-            loss = train_step(self.net, self.optimizer, images, labels, lean=config.lean,
-                              micro_batch=config.micro_batch,
-                              label_smoothing=config.label_smoothing)
+            loss = self._guarded_step(images, labels)
             self.step_times.append(time.time() - tick)
             seen += labels.shape[0]
-            self.on_progress({"event": "step", "epoch": epoch, "epochs": config.epochs,
-                              "step": step + 1, "steps": batches, "loss": loss,
-                              "images_per_sec": labels.shape[0] / max(self.step_times[-1], 1e-9)})
+            self.clock.stepped()
+            self.on_progress(self._step_event(epoch, step + 1, batches, loss, labels.shape[0]))
         return seen
+
+    def _guarded_step(self, images: torch.Tensor, labels: torch.Tensor) -> float:
+        """One step under the memory watch; out of memory retries at half the micro-batch."""
+        watch = self.watch
+        while True:
+            watch.before_step()
+            try:
+                loss = train_step(self.net, self.optimizer, images, labels, lean=self.config.lean,
+                                  micro_batch=watch.micro_batch,
+                                  label_smoothing=self.config.label_smoothing)
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                self.optimizer.zero_grad()
+                watch.shrink("out of memory: %s" % str(exc).splitlines()[0][:200])
+                self._announce_adjustment()
+                continue
+            if watch.after_step() is not None:
+                self._announce_adjustment()
+            return loss
+
+    def _announce_adjustment(self) -> None:
+        self.on_progress(dict(self.watch.adjustments[-1], event="memory_adjusted"))
+
+    def _step_event(self, epoch: int, step: int, steps: int, loss: float,
+                    images: int) -> Dict[str, object]:
+        recent = sorted(self.step_times[-LATENCY_WINDOW:])
+        event = {"event": "step", "epoch": epoch, "epochs": self.config.epochs,
+                 "step": step, "steps": steps, "loss": loss,
+                 "images_per_sec": images / max(self.step_times[-1], 1e-9),
+                 "step_ms_p50": 1000 * _quantile(recent, 0.5),
+                 "step_ms_p95": 1000 * _quantile(recent, 0.95),
+                 "eta_s": self.clock.eta_s(), "micro_batch": self.watch.micro_batch,
+                 "batch_size": self.batch_size, "rss_mb": self.watch.peak_rss_mb}
+        cuda_peak = self.watch.cuda_peak_mb()
+        if cuda_peak is not None:
+            event["cuda_peak_mb"] = cuda_peak
+        return event
 
     def _evaluate(self, epoch: int) -> Dict[str, float]:
         metrics = {"epoch": epoch}  # type: Dict[str, float]
         if self.split.val:
             batches = data.loader(self.split.val, data.eval_transform(self.transforms),
-                                  self.config.batch_size * 2, shuffle=False)
+                                  self.watch.micro_batch * 2, shuffle=False)
             scores = accuracy(self.net, batches, lean=self.config.lean, device=self.device)
             metrics.update(val_top1=scores["top1"], val_top5=scores["top5"])
             if scores["top1"] > self.best[0]:
@@ -267,7 +324,7 @@ class Trainer(object):
 
     def _saved_activation_mb(self) -> float:
         """Saved activations of one training batch at this run's setting, measured."""
-        count = min(self.config.batch_size, len(self.split.train))
+        count = min(self.batch_size, len(self.split.train))
         transform = data.train_transform(self.transforms)
         images = torch.stack([transform(data.load_rgb(p)) for p, _ in self.split.train[:count]])
         labels = torch.tensor([label for _, label in self.split.train[:count]])
@@ -282,7 +339,7 @@ class Trainer(object):
     def _result(self, epochs: int, saved_mb: float, images_per_sec: float,
                 resumed: bool) -> Dict[str, object]:
         last = self.history[-1] if self.history else {}
-        times = sorted(self.step_times) or [0.0]
+        times = sorted(self.step_times)
         return {
             "method": self.net.domain.method.name,
             "backbone": self.net.backbone_info["name"],
@@ -292,13 +349,45 @@ class Trainer(object):
             "trainable_params": trainable_parameters(self.net),
             "saved_activation_mb": saved_mb, "peak_rss_mb": peak_rss_mb(),
             "images_per_sec": images_per_sec,
-            "step_ms_p50": 1000 * times[len(times) // 2],
-            "step_ms_p95": 1000 * times[min(len(times) - 1, int(len(times) * 0.95))],
-            "resolution": self.resolution, "history": self.history,
+            "step_ms_p50": 1000 * _quantile(times, 0.5),
+            "step_ms_p95": 1000 * _quantile(times, 0.95),
+            "resolution": self.resolution, "batch_size": self.batch_size,
+            "micro_batch": self.watch.micro_batch, "memory_limit_mb": self.watch.plan.limit_or_none,
+            "step_peak_rss_mb": self.watch.peak_rss_mb, "cuda_peak_mb": self.watch.cuda_peak_mb(),
+            "memory_adjustments": self.watch.adjustments, "history": self.history,
         }
 
     def clear_checkpoint(self) -> None:
         shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+
+
+def _quantile(ordered: List[float], q: float) -> float:
+    if not ordered:
+        return 0.0
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+class _Clock(object):
+    """Estimated time left: the mean wall time per step so far (data loading included)
+    times the steps left, plus the last evaluation's time per epoch left."""
+
+    def __init__(self, total_steps: int) -> None:
+        self.started = time.time()
+        self.left = total_steps
+        self.done = 0
+        self.evaluation_s = 0.0
+
+    def stepped(self) -> None:
+        self.done += 1
+        self.left -= 1
+
+    def evaluated(self, seconds: float, epochs_left: int) -> None:
+        self.started += seconds  # evaluation is not step time
+        self.evaluation_s = seconds * epochs_left
+
+    def eta_s(self) -> float:
+        per_step = (time.time() - self.started) / max(self.done, 1)
+        return max(self.left, 0) * per_step + self.evaluation_s
 
 
 def _strip(tensors: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:

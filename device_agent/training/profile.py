@@ -22,26 +22,10 @@ from device_agent.model.memory import (
     trainable_parameters,
 )
 from device_agent.model.network import METHODS
+from device_agent.training.memory_guard import reset_peak_rss, rss_mb, step_peak_rss_mb
 from device_agent.training.step import make_optimizer, train_step
 
 # --- peak memory of a training step, in a child process ---------------------------------
-
-def _rss_bytes(field: str) -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no %s in /proc/self/status" % field)
-
-
-def _reset_high_water_mark() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-        return True
-    except OSError:
-        return False
-
 
 def peak_step_child(spec: Dict[str, object]) -> Dict[str, object]:
     """Runs inside the child: build, warm up, then one measured step."""
@@ -57,20 +41,20 @@ def peak_step_child(spec: Dict[str, object]) -> Dict[str, object]:
     lean = bool(spec.get("lean", True))
     micro_batch = int(spec.get("micro_batch", 0))
     materialize(net, images, lean)
-    loaded = _rss_bytes("VmRSS")
+    loaded = rss_mb()
     cuda = device.type == "cuda"
     for _ in range(2):  # warm-up: gradients and optimizer state become resident
         train_step(net, optimizer, images, labels, lean=lean, micro_batch=micro_batch)
-    steady = _rss_bytes("VmRSS")
+    steady = rss_mb()
     if cuda:
         torch.cuda.synchronize()
         cuda_base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-    reset = _reset_high_water_mark()
+    reset = reset_peak_rss()
     train_step(net, optimizer, images, labels, lean=lean, micro_batch=micro_batch)
-    peak = _rss_bytes("VmHWM")
-    result = {"peak_step_mb": (peak - steady) / MB,  # above model + grads + optimizer state
-              "peak_train_mb": (peak - loaded) / MB,  # above the freshly loaded model
+    peak = step_peak_rss_mb()
+    result = {"peak_step_mb": peak - steady,  # above model + grads + optimizer state
+              "peak_train_mb": peak - loaded,  # above the freshly loaded model
               "hwm_reset": reset}  # type: Dict[str, object]
     if cuda:
         torch.cuda.synchronize()

@@ -34,7 +34,7 @@ from device_agent.training.inference import classify
 from device_agent.training.loop import TrainConfig, Trainer, peak_rss_mb, resolve_device
 
 TRAIN_FIELDS = ("epochs", "batch_size", "lr", "label_smoothing", "resolution", "seed",
-                "micro_batch", "patience", "val_fraction", "hflip")
+                "micro_batch", "patience", "val_fraction", "hflip", "memory_limit_mb")
 JOB_FIELDS = ("method", "backbone", "adapter_settings", "train_bn") + TRAIN_FIELDS
 STEP_EVENT_INTERVAL_S = 0.5
 
@@ -99,8 +99,10 @@ class Worker(object):
         unknown = sorted(set(params) - set(JOB_FIELDS))
         if unknown:
             raise InvalidInput("unknown training parameters: %s" % ", ".join(unknown))
-        config = TrainConfig(device=str(self.device),
-                             **{k: params[k] for k in TRAIN_FIELDS if k in params}).validate()
+        fields = {k: params[k] for k in TRAIN_FIELDS if k in params}
+        if fields.get("batch_size") == "auto":
+            fields["batch_size"] = 0  # the trainer plans it for the memory limit
+        config = TrainConfig(device=str(self.device), **fields).validate()
         split = data.discover(header["dataset_dir"], config.val_fraction, config.seed)
         cancel = threading.Event()
         thread = threading.Thread(target=self._run_job, name="train-" + header["job_id"],
@@ -198,7 +200,7 @@ class Worker(object):
         saved = adapter_io.save_domain(net, job_id, header["out_dir"], split.classes,
                                        trainer.resolution, metrics)
         trainer.clear_checkpoint()
-        metrics["adapter_bytes"] = saved["weights_bytes"]
+        metrics.update(adapter_bytes=saved["weights_bytes"], classes=split.classes)
         return metrics
 
     def _progress_sender(self, job_id: str, cancel: threading.Event):

@@ -1,0 +1,184 @@
+"""The API's request and response bodies: every field documented in the OpenAPI schema.
+
+Responses are built from the store's records by :mod:`device_agent.api.views`; every field
+a job or a domain may not have yet is optional (null).
+"""
+from typing import Dict, List, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from device_agent.manifest import load_manifest
+
+Method = Literal["da2", "finetune", "last", "bn_last", "tinytl_bias", "tinytl_lite_residual"]
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+
+
+class JobRequest(BaseModel):
+    """Hyperparameters of one training job; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Method = Field("da2", description="what is trained: da2 (the DA2 adapter), or a "
+                                              "baseline")
+    backbone: str = Field("efficientnet_lite0", description="a backbone of models/manifest.json")
+    epochs: int = Field(5, ge=1, le=1000, description="passes over the training split")
+    batch_size: Union[int, Literal["auto"]] = Field(
+        8, description="images per step (1-1024), or \"auto\": the largest that the analytic "
+                       "estimator fits under the memory limit")
+    resolution: Optional[int] = Field(None, ge=16, le=1024,
+                                      description="input size in pixels; default: the backbone's")
+    lr: Optional[float] = Field(None, gt=0, le=1, description="learning rate; default: the "
+                                                              "method's")
+    memory_limit_mb: Optional[int] = Field(
+        None, ge=64, le=1 << 20, description="the worker's memory ceiling for this job (RSS, "
+        "and the CUDA allocator's cap); default: the daemon's setting, else what MemAvailable "
+        "leaves")
+    seed: int = Field(0, ge=0, le=2 ** 31 - 1, description="data split, shuffling and init")
+    micro_batch: int = Field(0, ge=0, le=1024,
+                             description="> 0: accumulate gradients over chunks of this size")
+    hflip: bool = Field(True, description="horizontal-flip augmentation (off for text, digits)")
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        if value not in load_manifest():
+            raise ValueError("unknown backbone %r" % value)
+        return value
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch_range(cls, value: Union[int, str]) -> Union[int, str]:
+        if value != "auto" and not 1 <= value <= 1024:
+            raise ValueError("batch_size is 1-1024 or \"auto\"")
+        return value
+
+
+class JobCreated(BaseModel):
+    job_id: str = Field(..., description="poll GET /v1/jobs/{job_id}")
+
+
+class ActivateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(..., ge=1, description="an adapter version the domain keeps")
+
+
+class DatasetSummary(BaseModel):
+    dataset_id: int = Field(..., description="the stored dataset; jobs train on the latest")
+    domain: str = Field(..., description="the domain the dataset belongs to")
+    classes: List[str] = Field(..., description="class names, sorted (the label order)")
+    counts: Dict[str, Dict[str, int]] = Field(..., description="split -> class -> images")
+    rejected: List[Dict[str, str]] = Field(..., description="files left out, each with "
+                                                            "`file` and `reason`")
+    layout: str = Field(..., description="\"train/val\" or \"class folders\" (then a seeded "
+                                         "stratified split)")
+
+
+class JobProgress(BaseModel):
+    epoch: Optional[int] = Field(None, description="the epoch being trained, from 0")
+    epochs: Optional[int] = Field(None, description="epochs in the job")
+    step: Optional[int] = Field(None, description="the last finished step of this epoch")
+    steps: Optional[int] = Field(None, description="steps per epoch")
+    fraction: float = Field(0.0, description="0-1, of all steps of the job")
+    eta_s: Optional[float] = Field(None, description="estimated seconds left")
+    loss: Optional[float] = Field(None, description="the last step's training loss")
+
+
+class EpochMetrics(BaseModel):
+    epoch: int = Field(..., description="from 0")
+    val_top1: Optional[float] = Field(None, description="validation top-1 accuracy, 0-1")
+    val_top5: Optional[float] = Field(None, description="validation top-5 (top-k for fewer "
+                                                        "classes), 0-1")
+
+
+class JobMemory(BaseModel):
+    batch_size: Optional[int] = Field(None, description="images per step (after \"auto\")")
+    micro_batch: Optional[int] = Field(None, description="images per forward/backward chunk")
+    memory_limit_mb: Optional[float] = Field(None, description="the job's ceiling, MB")
+    saved_activation_mb: Optional[float] = Field(None, description="what autograd keeps for "
+                                                                   "backward per step, measured")
+    estimated_peak_mb: Optional[float] = Field(None, description="the planner's estimate of "
+                                                                 "the worker's peak RSS")
+    step_peak_rss_mb: Optional[float] = Field(None, description="the worker's highest RSS "
+                                                                "during a step, measured")
+    worker_peak_rss_mb: Optional[float] = Field(None, description="the worker's lifetime peak "
+                                                                  "RSS at the job's end")
+    cuda_peak_mb: Optional[float] = Field(None, description="CUDA allocator peak (CUDA only)")
+    adjustments: List[Dict[str, object]] = Field(
+        default_factory=list, description="micro-batch halvings under memory pressure or OOM, "
+                                          "each with `micro_batch` and `reason`")
+
+
+class JobLatency(BaseModel):
+    step_ms_p50: Optional[float] = Field(None, description="median training step, ms")
+    step_ms_p95: Optional[float] = Field(None, description="95th percentile step, ms")
+    images_per_sec: Optional[float] = Field(None, description="training throughput")
+
+
+class Job(BaseModel):
+    id: str = Field(..., description="the job's id")
+    domain: str = Field(..., description="the domain being trained")
+    state: JobState = Field(..., description="queued -> running -> succeeded | failed | "
+                                             "cancelled; interrupted (worker died) -> queued")
+    params: Dict[str, object] = Field(..., description="the JobRequest as accepted")
+    created_at: float = Field(..., description="Unix time")
+    started_at: Optional[float] = Field(None, description="Unix time of the last start")
+    finished_at: Optional[float] = Field(None, description="Unix time it ended")
+    attempts: int = Field(..., description="starts, including resumes after a worker crash")
+    error: Optional[str] = Field(None, description="why it failed or was interrupted")
+    progress: JobProgress = Field(..., description="where the job is, and the time left")
+    history: List[EpochMetrics] = Field(default_factory=list, description="one per epoch")
+    val_top1: Optional[float] = Field(None, description="the kept (best) epoch's top-1")
+    memory: JobMemory = Field(..., description="planned and measured training memory")
+    latency: JobLatency = Field(..., description="training step latency and throughput")
+    adapter_bytes: Optional[int] = Field(None, description="size of the trained adapter file")
+    trainable_params: Optional[int] = Field(None, description="parameters the job trained")
+
+
+class VersionInfo(BaseModel):
+    version: int = Field(..., description="1, 2, ... in the order stored")
+    created_at: float = Field(..., description="Unix time")
+    job_id: Optional[str] = Field(None, description="null for an imported adapter")
+    val_top1: Optional[float] = Field(None, description="its validation top-1, 0-1")
+
+
+class DomainStatus(BaseModel):
+    name: str = Field(..., description="a-z, 0-9, '_' and '-', at most 63 characters")
+    created_at: float = Field(..., description="Unix time")
+    active_version: Optional[int] = Field(None, description="serves predictions; null "
+                                                            "until a job succeeds")
+    method: Optional[str] = Field(None, description="the active adapter's method")
+    backbone: Optional[str] = Field(None, description="the shared backbone it adapts")
+    classes: List[str] = Field(default_factory=list, description="the active adapter's labels")
+    val_top1: Optional[float] = Field(None, description="the active adapter's validation "
+                                                        "top-1, 0-1")
+    adapter_bytes: Optional[int] = Field(None, description="the active adapter file's size")
+    trainable_params: Optional[int] = Field(None, description="parameters of the adapter")
+    trained_at: Optional[float] = Field(None, description="Unix time the active version was "
+                                                          "stored")
+    versions: List[VersionInfo] = Field(..., description="every kept version (rollback)")
+    last_job: Optional[Job] = Field(None, description="with its memory and latency summary")
+
+
+class Prediction(BaseModel):
+    class_: str = Field(..., alias="class", description="a class name of the domain")
+    probability: float = Field(..., description="softmax probability, 0-1")
+
+
+class PredictResponse(BaseModel):
+    domain: str = Field(..., description="the domain that answered")
+    version: int = Field(..., description="the adapter version that answered")
+    predictions: List[List[Prediction]] = Field(..., description="per image, the top-k")
+    latency_ms: float = Field(..., description="time in the worker (decode, forward)")
+
+
+class WorkerHealth(BaseModel):
+    state: str = Field(..., description="starting, ready, restarting, stopped")
+    pid: Optional[int] = Field(None, description="the worker's process id")
+    restarts: int = Field(..., description="worker restarts since the daemon started")
+    last_exit_code: Optional[int] = Field(None, description="negative: killed by that signal")
+    worker: Optional[Dict[str, str]] = Field(None, description="python, torch, device")
+
+
+class Health(BaseModel):
+    status: str = Field(..., description="\"ok\" while the API answers")
+    version: str = Field(..., description="device-agent's version")
+    worker: WorkerHealth = Field(..., description="the torch worker process")
