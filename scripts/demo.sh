@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The main job on its embedded default: set up, then train DA2 on real handwritten digits
-# with the EfficientNet-Lite0 ImageNet backbone on the CPU (no Jetson, GPU or network).
+# The main job on its embedded default: set up, then start the daemon (SQLite in runs/demo,
+# CPU, the EfficientNet-Lite0 ImageNet backbone) with a demo domain of real handwritten
+# digits, follow its DA2 training, show its status and a prediction, and keep serving
+# (Ctrl-C stops; --exit stops after the prediction). No Jetson, GPU or network needed.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # shellcheck source=scripts/setup.sh

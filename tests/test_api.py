@@ -248,6 +248,35 @@ def test_the_openapi_schema_documents_every_field(server):
         assert undocumented == [], (name, undocumented)
 
 
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "device_agent"] + list(args), cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, env=dict(os.environ, PYTHONPATH=ROOT),
+                          timeout=300)
+
+
+def test_push_and_status_from_the_command_line(server, small_folder):
+    base, _ = server
+    pushed = cli("push", small_folder, "--domain", "pushed", "--server", base, "--token", TOKEN,
+                 "--backbone", "resnet18", "--epochs", "1", "--resolution", "32",
+                 "--batch-size", "auto", "--json")
+    assert pushed.returncode == 0, pushed.stderr
+    job = json.loads(pushed.stdout.strip().splitlines()[-1])
+    assert job["state"] == "succeeded" and job["domain"] == "pushed"
+    assert "uploaded pushed: 3 classes" in pushed.stdout
+    status = cli("status", "pushed", "--server", base, "--token", TOKEN, "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["active_version"] == 1
+    table = cli("status", "--server", base, "--token", TOKEN)
+    assert table.returncode == 0 and "pushed" in table.stdout and "ready" in table.stdout
+    refused = cli("status", "--server", base, "--token", "wrong")
+    assert refused.returncode == 1 and "401" in refused.stderr
+    missing = cli("push", small_folder, "--domain", "Bad/Name", "--server", base, "--token",
+                  TOKEN)
+    assert missing.returncode != 0 and "HTTP 4" in missing.stderr
+    unreachable = cli("status", "--server", "http://127.0.0.1:%d" % free_port(), "--token", "t")
+    assert unreachable.returncode == 5 and "cannot reach" in unreachable.stderr
+
+
 def download(base, path):
     request = urllib.request.Request(base + path, headers={"Authorization": "Bearer " + TOKEN})
     with urllib.request.urlopen(request, timeout=60) as response:

@@ -2,10 +2,12 @@
 imports its side (torch for model work) only when it runs."""
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional
 
 from device_agent import __version__
+from device_agent.client import DEFAULT_SERVER
 from device_agent.errors import AgentError
 
 BACKBONE_DEFAULT = "efficientnet_lite0"
@@ -31,7 +33,10 @@ def _add_train(commands) -> None:
     p.add_argument("--method", default="da2")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--resolution", type=int, default=0, help="0: the backbone's input size")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=_batch_size, default=8,
+                   help="a number, or auto: the largest that fits the memory limit")
+    p.add_argument("--memory-limit-mb", type=float, default=0,
+                   help="the job's memory ceiling (0: what MemAvailable leaves)")
     p.add_argument("--lr", type=float, default=0.0, help="0: the method's default")
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
@@ -58,11 +63,53 @@ def _add_predict(commands) -> None:
 
 
 def _add_demo(commands) -> None:
-    p = commands.add_parser("demo", help="train DA2 on real handwritten digits, no network")
-    p.add_argument("--work-dir", default="runs/demo")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--resolution", type=int, default=64)
-    p.add_argument("--weights", help="backbone weights file, or 'random'")
+    p = commands.add_parser("demo", help="start the daemon with a demo domain (real digits), "
+                                         "follow its training, predict; no network")
+    p.add_argument("--data-dir", default="runs/demo", help="the demo daemon's data dir")
+    p.add_argument("--port", type=int, default=0, help="default: a free port")
+    p.add_argument("--device", default="auto", help="the worker's: auto, cpu, cuda")
+    p.add_argument("--weights", help="'random': untrained backbone (tests only)")
+    p.add_argument("--exit", action="store_true", help="stop the daemon after the prediction")
+
+
+def _add_client_flags(p) -> None:
+    p.add_argument("--server", default=os.environ.get("DEVICE_AGENT_SERVER", DEFAULT_SERVER),
+                   help="the daemon's URL (or DEVICE_AGENT_SERVER)")
+    p.add_argument("--token", help="default: DEVICE_AGENT_TOKEN, else the local token file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_push(commands) -> None:
+    p = commands.add_parser("push", help="upload an ImageFolder to the daemon, train it, follow")
+    p.add_argument("data_dir", help="train/<class>/* (+ optional val/<class>/*) or <class>/*")
+    p.add_argument("--domain", required=True, help="a-z, 0-9, '_' and '-'")
+    _add_client_flags(p)
+    p.add_argument("--method")
+    p.add_argument("--backbone")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=_batch_size, help="a number, or auto")
+    p.add_argument("--resolution", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--memory-limit-mb", type=int)
+    p.add_argument("--micro-batch", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-hflip", action="store_true", help="no horizontal-flip augmentation")
+    p.add_argument("--no-follow", action="store_true", help="queue the job and return")
+
+
+def _add_status(commands) -> None:
+    p = commands.add_parser("status", help="the daemon's domains (or one domain) and worker")
+    p.add_argument("domain", nargs="?")
+    _add_client_flags(p)
+
+
+def _batch_size(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a number or auto, not %r" % text) from None
 
 
 def _add_models(commands) -> None:
@@ -92,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="device-agent", description=__doc__)
     parser.add_argument("--version", action="version", version="device-agent " + __version__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_memory, _add_train, _add_predict, _add_demo, _add_models, _add_serve):
+    for add in (_add_memory, _add_train, _add_predict, _add_demo, _add_models, _add_serve,
+                _add_push, _add_status):
         add(commands)
     return parser
 
@@ -105,6 +153,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     if args.command == "serve":  # the API side: must not import torch
         from device_agent.cli import serve_command as commands
+    elif args.command in ("push", "status", "demo"):  # HTTP clients: no torch either
+        from device_agent.cli import client_commands as commands
     else:
         from device_agent.cli import model_commands as commands
     handler = getattr(commands, "run_" + args.command)

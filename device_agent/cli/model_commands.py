@@ -1,4 +1,4 @@
-"""Handlers of the torch-side commands: memory, train, predict, demo, models."""
+"""Handlers of the torch-side commands: memory, train, predict, models."""
 import json
 import os
 import sys
@@ -53,7 +53,9 @@ def run_memory(args) -> int:
 
 def train_domain(data_dir: str, args, backbone: str, method: str) -> Dict[str, object]:
     """Train and save one domain; returns the result with the adapter's size."""
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    config = TrainConfig(epochs=args.epochs, lr=args.lr,
+                         batch_size=0 if args.batch_size == "auto" else args.batch_size,
+                         memory_limit_mb=args.memory_limit_mb,
                          label_smoothing=args.label_smoothing, resolution=args.resolution,
                          seed=args.seed, lean=not args.plain, micro_batch=args.micro_batch,
                          patience=args.patience, hflip=not args.no_hflip,
@@ -116,52 +118,6 @@ def run_predict(args) -> int:
         best = ", ".join("%s %.3f" % (t["class"], t["probability"]) for t in result["top"])
         print("%s: %s" % (result["image"], best))
     return 0
-
-
-def run_demo(args) -> int:
-    from device_agent.demo import write_digits_folder
-    from device_agent.training.profile import memory_report
-
-    root = os.path.join(args.work_dir, "digits")
-    counts = write_digits_folder(root)
-    print("demo domain: handwritten digits (UCI via scikit-learn), %d train / %d val images"
-          % (counts["train"], counts["val"]))
-    results = []
-    for method in ("last", "da2"):
-        print("\ntraining %s on efficientnet_lite0 (ImageNet weights), %d px" % (
-            method, args.resolution))
-        train_args = _demo_train_args(args, os.path.join(args.work_dir, "adapter-" + method))
-        results.append(train_domain(root, train_args, "efficientnet_lite0", method))
-    print("\n%-6s %8s %12s %14s %12s %8s" % ("method", "val top1", "trainable", "adapter bytes",
-                                              "saved MB", "img/s"))
-    for r in results:
-        print("%-6s %8.3f %12d %14d %12.2f %8.1f" % (
-            r["method"], r["val_top1"], r["trainable_params"], r["adapter_bytes"],
-            r["saved_activation_mb"], r["images_per_sec"]))
-    samples = sorted(os.path.join(root, "val", d, os.listdir(os.path.join(root, "val", d))[0])
-                     for d in ("3", "7"))
-    print("\npredictions of the da2 adapter:")
-    run_predict(_Namespace(adapter_dir=results[-1]["adapter_dir"], images=samples, top_k=2,
-                           weights=args.weights, json=False, device="cpu"))
-    print("\ntraining memory at 224 px, batch 8 (saved activations, MB):")
-    for row in memory_report("efficientnet_lite0", 224, 8, ["finetune", "last", "da2"], peak=False):
-        ratio = row["ratio_to_finetune"]
-        print("  %-9s %8.2f  %s" % (row["method"], row["saved_activation_mb"],
-                                   "baseline" if row["method"] == "finetune"
-                                   else "%.0fx less than finetune" % ratio))
-    return 0
-
-
-class _Namespace(object):
-    def __init__(self, **values) -> None:
-        self.__dict__.update(values)
-
-
-def _demo_train_args(args, out: str) -> _Namespace:
-    return _Namespace(epochs=args.epochs, batch_size=32, lr=0.0, label_smoothing=0.1,
-                      resolution=args.resolution, seed=0, plain=False, micro_batch=0,
-                      patience=0, no_hflip=True, val_fraction=0.2, train_bn=False,
-                      weights=args.weights, out=out, device="auto")
 
 
 def run_models(args) -> int:
