@@ -19,7 +19,7 @@ if [ ! -f "$VENV/.ready" ]; then
   "$VENV/bin/pip" install -q --upgrade pip
   # shellcheck disable=SC2086
   "$VENV/bin/pip" install -q $TORCH_PINS
-  "$VENV/bin/pip" install -q -e "$ROOT[weights,demo,dev,bench,api]"
+  "$VENV/bin/pip" install -q -e "$ROOT[weights,demo,dev,bench,api,browser]"
   touch "$VENV/.ready"
 fi
 # Point the editable install at this checkout (the cached venv may have served another).

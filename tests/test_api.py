@@ -19,6 +19,7 @@ pytest.importorskip("fastapi")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "test-token-" + uuid.uuid4().hex
 UPLOAD_LIMIT_MB = 1
+REPLAY = os.path.join(ROOT, "deploy", "replay", "nano-training.log")
 
 
 def free_port():
@@ -77,7 +78,10 @@ def server(tmp_path_factory):
                              "--port", str(port), "--token", TOKEN, "--worker-device", "cpu",
                              "--worker-weights", "random"], cwd=ROOT,
                             env=dict(os.environ, PYTHONPATH=ROOT,
-                                     DEVICE_AGENT_MAX_UPLOAD_MB=str(UPLOAD_LIMIT_MB)))
+                                     DEVICE_AGENT_MAX_UPLOAD_MB=str(UPLOAD_LIMIT_MB),
+                                     DEVICE_AGENT_TELEMETRY_SOURCE="replay",
+                                     DEVICE_AGENT_TELEMETRY_REPLAY=REPLAY,
+                                     DEVICE_AGENT_TELEMETRY_INTERVAL_S="0.2"))
     base = "http://127.0.0.1:%d" % port
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -139,6 +143,11 @@ def test_upload_train_status_predict(server, small_folder):
     assert domain["adapter_bytes"] > 0 and len(domain["versions"]) == 1
     assert domain["last_job"]["id"] == job["job_id"]
     assert domain["last_job"]["latency"]["step_ms_p50"] > 0
+    telemetry = wait_for(lambda: call(base, "GET", "/v1/jobs/" + job["job_id"])[1]["telemetry"],
+                         lambda t: t["samples"] > 0)
+    assert telemetry["peak_ram_mb"] > 1000 and telemetry["worker_peak_rss_mb"] > 50
+    assert telemetry["energy_j"] > 0 and telemetry["peak_power_mw"] >= telemetry["avg_power_mw"]
+    assert telemetry["max_temp_c"] >= 40 and telemetry["duration_s"] > 0
     body, content_type_images = multipart([("file", ("a.png", png((220, 30, 30)))),
                                            ("file", ("b.png", png((30, 40, 220))))])
     status, result = call(base, "POST", "/v1/domains/colours/predict?top_k=2", body,
@@ -156,6 +165,15 @@ def test_upload_train_status_predict(server, small_folder):
     status, again = call(base, "POST", "/v1/domains/colours-copy/predict?top_k=2", body,
                          content_type=content_type_images)
     assert status == 200 and again["predictions"] == result["predictions"]
+
+
+def wait_for(fetch, ok, timeout=30):
+    deadline = time.time() + timeout
+    while True:
+        value = fetch()
+        if ok(value) or time.time() > deadline:
+            return value
+        time.sleep(0.2)
 
 
 def wait_for_job(base, job_id, timeout=240):
@@ -361,3 +379,52 @@ server.should_exit = True; thread.join()
                          stdout=subprocess.PIPE, universal_newlines=True, cwd=ROOT,
                          env=dict(os.environ, PYTHONPATH=ROOT), timeout=300)
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_telemetry_latest_range_and_stream(server):
+    base, _ = server
+    status, latest = call(base, "GET", "/v1/telemetry")
+    assert status == 200 and len(latest) == 1
+    sample = latest[0]
+    assert sample["source"] == "replay" and sample["ram_total_mb"] == 3964.0
+    assert sample["power_total_mw"] > 0 and sample["worker"]["rss_mb"] > 10
+    since = time.time() - 60
+    status, window = call(base, "GET", "/v1/telemetry?since=%f" % since)
+    assert status == 200 and len(window) >= 2
+    assert all(a["ts"] < b["ts"] for a, b in zip(window, window[1:]))
+    status, coarse = call(base, "GET", "/v1/telemetry?since=%f&step=30" % since)
+    assert status == 200 and 1 <= len(coarse) <= 3 and len(coarse) < len(window)
+    assert call(base, "GET", "/v1/telemetry?since=10&until=5")[0] == 409
+    request = urllib.request.Request(base + "/v1/telemetry/stream?limit=3",
+                                     headers={"Authorization": "Bearer " + TOKEN})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/event-stream")
+        text = response.read().decode()
+    events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+    assert len(events) == 3 and all(e["source"] == "replay" for e in events)
+
+
+def test_prometheus_metrics(server):
+    base, _ = server
+    assert call(base, "GET", "/metrics", token=None)[0] == 401
+    request = urllib.request.Request(base + "/metrics",
+                                     headers={"Authorization": "Bearer " + TOKEN})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    assert values["device_agent_ram_total_bytes"] == 3964.0 * 1024 * 1024
+    assert values["device_agent_power_total_watts"] > 1
+    assert values['device_agent_temperature_celsius{sensor="CPU"}'] >= 40
+    assert values["device_agent_worker_rss_bytes"] > 10e6
+    assert values['device_agent_jobs{state="succeeded"}'] >= 1
+    assert values["device_agent_train_step_duration_seconds_count"] > 0
+    assert any(k.startswith("device_agent_domain_val_top1{") and 'domain="colours"' in k
+               for k in values)
+    route = ('device_agent_http_request_duration_seconds_count{method="GET",'
+             'route="/v1/jobs/{job_id}",status="200"}')
+    assert values[route] > 0  # one label per route template, not per job id

@@ -14,14 +14,18 @@ from fastapi.responses import JSONResponse
 from device_agent import __version__
 from device_agent.api.auth import load_token, require_token
 from device_agent.api.limits import BodyLimit
+from device_agent.api.metrics import Metrics
 from device_agent.api.problems import problem
-from device_agent.api.routers import datasets, domains, jobs, system
+from device_agent.api.routers import dashboard, datasets, domains, jobs, system, telemetry
 from device_agent.api.settings import Settings
+from device_agent.api.timing import RequestTiming
 from device_agent.daemon.runner import JobRunner
 from device_agent.daemon.supervisor import WorkerSupervisor
 from device_agent.errors import AgentError
 from device_agent.store.db import Store
 from device_agent.store.layout import DataPaths
+from device_agent.telemetry.sampler import Sampler
+from device_agent.telemetry.sources import open_source
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FORM_OVERHEAD = 1 << 16  # multipart headers around an upload of max_upload_mb
@@ -51,12 +55,18 @@ def create_app(settings: Settings) -> FastAPI:
         supervisor = WorkerSupervisor(worker_command(settings), runner.on_event,
                                       runner.on_worker_exit, env=env)
         runner.attach(supervisor)
+        sampler = _sampler(settings, store, runner, supervisor)
+        metrics = Metrics(sampler, store)
+        runner.listeners.append(metrics.observe_event)
         app.state.store, app.state.runner, app.state.supervisor = store, runner, supervisor
+        app.state.sampler, app.state.metrics = sampler, metrics
         supervisor.start()
         runner.start()
+        sampler.start()
         try:
             yield
         finally:
+            sampler.stop()
             runner.stop()
             supervisor.stop()
             store.close()
@@ -68,6 +78,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.token = load_token(settings.token, paths.token)
     app.add_middleware(BodyLimit, limit_bytes=lambda: (settings.max_upload_mb << 20)
                        + FORM_OVERHEAD)
+    app.add_middleware(RequestTiming, histogram_for=lambda scope: getattr(
+        getattr(app.state, "metrics", None), "http", None))
 
     @app.exception_handler(AgentError)
     async def agent_error(request: Request, exc: AgentError) -> JSONResponse:
@@ -79,6 +91,27 @@ def create_app(settings: Settings) -> FastAPI:
         return problem(422, "invalid_request", errors)
 
     app.include_router(system.router)
-    for router in (datasets.router, jobs.router, domains.router):
+    app.include_router(dashboard.router)
+    for router in (datasets.router, jobs.router, domains.router, telemetry.router):
         app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)])
+    app.include_router(telemetry.metrics_router, dependencies=[Depends(require_token)]
+                       if settings.metrics_require_token else [])
     return app
+
+
+def _sampler(settings: Settings, store: Store, runner: JobRunner,
+             supervisor: WorkerSupervisor) -> Sampler:
+    source = open_source(settings.telemetry_source, settings.telemetry_interval_s,
+                         settings.telemetry_replay)
+
+    def worker() -> dict:
+        figures = {"pid": supervisor.pid, "job_id": runner.current}
+        device = (supervisor.hello or {}).get("device", "")
+        if str(device).startswith("cuda") and supervisor.ready:
+            figures.update(supervisor.request("status", timeout=2).get("cuda") or {})
+        return figures
+
+    return Sampler(source, store, worker, lambda: runner.current,
+                   buffer_size=settings.telemetry_buffer,
+                   history_step_s=settings.telemetry_history_step_s,
+                   retention_s=settings.telemetry_retention_days * 86400)

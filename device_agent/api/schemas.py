@@ -113,6 +113,25 @@ class JobLatency(BaseModel):
     images_per_sec: Optional[float] = Field(None, description="training throughput")
 
 
+class JobTelemetry(BaseModel):
+    """What the job did to the board, from the telemetry samples taken while it ran."""
+
+    peak_ram_mb: Optional[float] = Field(None, description="highest system RAM in use, MB")
+    peak_swap_mb: Optional[float] = Field(None, description="highest swap in use, MB")
+    worker_peak_rss_mb: Optional[float] = Field(None, description="the worker's highest "
+                                                                  "sampled RSS, MB")
+    cuda_peak_mb: Optional[float] = Field(None, description="CUDA allocator peak, MB")
+    avg_power_mw: Optional[float] = Field(None, description="mean total power, mW (null "
+                                                            "without a power rail)")
+    peak_power_mw: Optional[float] = Field(None, description="highest total power, mW")
+    energy_j: Optional[float] = Field(None, description="total power integrated over the "
+                                                        "job, joules")
+    max_temp_c: Optional[float] = Field(None, description="hottest sensor seen, C")
+    duration_s: Optional[float] = Field(None, description="from the last start to the end "
+                                                          "(or now), s")
+    samples: int = Field(0, description="telemetry samples behind these figures")
+
+
 class Job(BaseModel):
     id: str = Field(..., description="the job's id")
     domain: str = Field(..., description="the domain being trained")
@@ -131,6 +150,7 @@ class Job(BaseModel):
     latency: JobLatency = Field(..., description="training step latency and throughput")
     adapter_bytes: Optional[int] = Field(None, description="size of the trained adapter file")
     trainable_params: Optional[int] = Field(None, description="parameters the job trained")
+    telemetry: JobTelemetry = Field(..., description="peaks, power and energy while it ran")
 
 
 class VersionInfo(BaseModel):
@@ -182,3 +202,41 @@ class Health(BaseModel):
     status: str = Field(..., description="\"ok\" while the API answers")
     version: str = Field(..., description="device-agent's version")
     worker: WorkerHealth = Field(..., description="the torch worker process")
+
+
+class CpuCore(BaseModel):
+    load_pct: Optional[float] = Field(None, description="busy share of the core, %")
+    freq_mhz: Optional[float] = Field(None, description="clock, MHz")
+
+
+class PowerRail(BaseModel):
+    cur: float = Field(..., description="instantaneous, mW")
+    avg: float = Field(..., description="average (as the source reports it), mW")
+
+
+class TelemetrySample(BaseModel):
+    """One normalized sample; every figure may be null where the board or source lacks it."""
+
+    ts: Optional[float] = Field(None, description="Unix time of the sample, s")
+    ram_used_mb: Optional[float] = Field(None, description="RAM in use, MB (on Jetson the "
+                                                           "GPU's memory is part of it)")
+    ram_total_mb: Optional[float] = Field(None, description="RAM size, MB")
+    swap_used_mb: Optional[float] = Field(None, description="swap in use, MB")
+    swap_total_mb: Optional[float] = Field(None, description="swap size, MB")
+    cpus: Optional[List[Optional[CpuCore]]] = Field(None, description="per core; null for "
+                                                                      "an offline core")
+    gpu_load_pct: Optional[float] = Field(None, description="integrated GPU load, %")
+    gpu_freq_mhz: Optional[float] = Field(None, description="GPU clock, MHz")
+    emc_load_pct: Optional[float] = Field(None, description="memory-controller load, %")
+    temps_c: Dict[str, float] = Field(default_factory=dict, description="sensor -> degrees "
+                                                                       "C (absent dropped)")
+    power_mw: Dict[str, PowerRail] = Field(default_factory=dict, description="rail -> mW")
+    power_total_mw: Optional[float] = Field(None, description="module input power by the "
+                                            "board's rule: POM_5V_IN (Nano), VDD_IN (TX2, "
+                                            "Xavier NX, Orin NX/Nano), sum of rails (AGX "
+                                            "Xavier), null (AGX Orin)")
+    source: str = Field(..., description="jtop, tegrastats, linux or replay")
+    worker: Dict[str, Optional[object]] = Field(
+        default_factory=dict, description="the worker's figures: pid, rss_mb, job_id and, "
+                                          "on CUDA, cuda_allocated_mb/cuda_reserved_mb/"
+                                          "cuda_peak_mb")

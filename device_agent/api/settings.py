@@ -1,6 +1,6 @@
 """Settings from DEVICE_AGENT_* environment variables (and `device-agent serve` flags)."""
 import sys
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,5 +29,17 @@ class Settings(BaseSettings):
     max_predict_images: int = Field(32, ge=1, description="most images in one predict call")
     memory_limit_mb: int = Field(0, ge=0, description="default per-job memory ceiling in MB "
                                                       "(0: what MemAvailable leaves)")
+    telemetry_source: Literal["auto", "jtop", "tegrastats", "linux", "replay"] = Field(
+        "auto", description="auto: jtop when /run/jtop.sock exists, else tegrastats when on "
+                            "PATH, else Linux (/proc, /sys)")
+    telemetry_replay: Optional[str] = Field(None, description="a tegrastats log that the "
+                                                               "replay source plays back")
+    telemetry_interval_s: float = Field(1.0, gt=0, le=3600, description="sampling interval")
+    telemetry_buffer: int = Field(3600, ge=10, description="samples kept in memory")
+    telemetry_history_step_s: float = Field(10.0, gt=0, description="history bucket in the "
+                                                                     "store, s")
+    telemetry_retention_days: float = Field(7.0, gt=0, description="history kept, days")
+    metrics_require_token: bool = Field(True, description="/metrics needs the API token (set "
+                                                          "false for token-less scrapers)")
     demo: bool = Field(False, description="at start, upload the demo domain (handwritten "
                                           "digits from scikit-learn) and queue its training")

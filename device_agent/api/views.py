@@ -1,5 +1,6 @@
 """Store records -> the API's response shapes (:mod:`device_agent.api.schemas`)."""
-from typing import Dict
+import time
+from typing import Dict, Optional
 
 from device_agent.store.db import Store
 
@@ -39,7 +40,15 @@ def job_view(record: Dict[str, object]) -> Dict[str, object]:
         "latency": {k: latest.get(k) for k in _LATENCY},
         "adapter_bytes": report.get("adapter_bytes"),
         "trainable_params": report.get("trainable_params"),
+        "telemetry": dict(record.get("telemetry") or {}, duration_s=_duration(record)),
     }
+
+
+def _duration(record: Dict[str, object]) -> Optional[float]:
+    started = record["started_at"]
+    if started is None:
+        return None
+    return (record["finished_at"] or time.time()) - started
 
 
 def domain_status(store: Store, domain: str) -> Dict[str, object]:

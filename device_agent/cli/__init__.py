@@ -97,6 +97,12 @@ def _add_push(commands) -> None:
     p.add_argument("--no-follow", action="store_true", help="queue the job and return")
 
 
+def _add_telemetry(commands) -> None:
+    p = commands.add_parser("telemetry", help="telemetry tools: parse tegrastats output")
+    p.add_argument("action", choices=("parse",))
+    p.add_argument("file", help="a tegrastats log, or - for standard input")
+
+
 def _add_status(commands) -> None:
     p = commands.add_parser("status", help="the daemon's domains (or one domain) and worker")
     p.add_argument("domain", nargs="?")
@@ -140,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="device-agent " + __version__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_memory, _add_train, _add_predict, _add_demo, _add_models, _add_serve,
-                _add_push, _add_status):
+                _add_push, _add_status, _add_telemetry):
         add(commands)
     return parser
 
@@ -155,6 +161,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         from device_agent.cli import serve_command as commands
     elif args.command in ("push", "status", "demo"):  # HTTP clients: no torch either
         from device_agent.cli import client_commands as commands
+    elif args.command == "telemetry":
+        from device_agent.cli import telemetry_command as commands
     else:
         from device_agent.cli import model_commands as commands
     handler = getattr(commands, "run_" + args.command)

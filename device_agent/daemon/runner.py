@@ -6,6 +6,7 @@ renamed into ``domains/<domain>/adapters/<id>/`` and promoted -- version recorde
 active, job succeeded -- in one store transaction. When the worker dies mid-job, the job is
 marked interrupted and queued again: it resumes from its checkpoint in the same directory.
 """
+import logging
 import os
 import threading
 from typing import Dict, Optional
@@ -14,6 +15,7 @@ from device_agent.errors import AgentError, WorkerUnavailable
 from device_agent.store.db import Store
 from device_agent.store.layout import DataPaths
 
+log = logging.getLogger("device_agent.daemon")
 TERMINAL_EVENTS = ("finished", "failed", "cancelled")
 LOGGED_EVENTS = ("start", "epoch", "memory_adjusted")  # also kept as job events
 
@@ -26,7 +28,7 @@ def merge_progress(progress: Dict[str, object], event: Dict[str, object]) -> Dic
     resumed job does not repeat one); ``memory_adjusted`` appends to ``memory_adjustments``.
     """
     merged = dict(progress)
-    fields = {k: v for k, v in event.items() if k != "event"}
+    fields = {k: v for k, v in event.items() if k not in ("event", "step_ms_recent")}
     kind = event.get("event")
     if kind == "epoch":
         history = [h for h in merged.get("history", []) if h.get("epoch") != fields.get("epoch")]
@@ -46,6 +48,7 @@ class JobRunner(object):
         self.poll_s = poll_s
         self.supervisor = None
         self.current = None  # type: Optional[str]
+        self.listeners = []  # type: List[Callable[[str, Dict[str, object]], None]]
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None  # type: Optional[threading.Thread]
@@ -89,6 +92,11 @@ class JobRunner(object):
     def on_event(self, header: Dict[str, object]) -> None:
         job_id, event = str(header["job_id"]), header["event"]
         kind = event.get("event")
+        for listener in self.listeners:  # e.g. metrics; they must not fail the job
+            try:
+                listener(job_id, event)
+            except Exception:
+                log.exception("a job event listener failed")
         if kind in TERMINAL_EVENTS:
             if kind == "finished":
                 self._promote(job_id, event["result"])

@@ -72,6 +72,14 @@ MIGRATIONS = [
         PRIMARY KEY (domain, version)
     );
     """,
+    """
+    ALTER TABLE jobs ADD COLUMN telemetry TEXT NOT NULL DEFAULT '{}';
+    CREATE TABLE telemetry (
+        ts REAL NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX telemetry_by_time ON telemetry(ts);
+    """,
 ]
 
 
@@ -91,7 +99,7 @@ def _row(row: Optional[sqlite3.Row], json_fields=()) -> Optional[Dict[str, objec
     return record
 
 
-_JOB_JSON = ("params", "progress", "report")
+_JOB_JSON = ("params", "progress", "report", "telemetry")
 
 
 class Store(object):
@@ -309,6 +317,45 @@ class Store(object):
     def _event(db: sqlite3.Connection, job_id: str, kind: str, data: Dict[str, object]) -> None:
         db.execute("INSERT INTO job_events (job_id, at, kind, data) VALUES (?, ?, ?, ?)",
                    (job_id, time.time(), kind, json.dumps(data)))
+
+    def job_counts(self) -> Dict[str, int]:
+        rows = self._all("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")
+        counts = dict.fromkeys(JOB_STATES, 0)
+        counts.update({r["state"]: r["n"] for r in rows})
+        return counts
+
+    def active_summaries(self) -> Dict[str, Dict[str, object]]:
+        """Each domain's active adapter summary (domains without one are left out)."""
+        rows = self._all("SELECT v.domain, v.summary FROM adapter_versions v JOIN domains d "
+                         "ON d.name = v.domain AND d.active_version = v.version", (),
+                         ("summary",))
+        return {r["domain"]: r["summary"] for r in rows}
+
+    # --- telemetry ----------------------------------------------------------------------
+
+    def job_telemetry(self, job_id: str) -> Dict[str, object]:
+        return self.get_job(job_id)["telemetry"]
+
+    def set_job_telemetry(self, job_id: str, summary: Dict[str, object]) -> None:
+        with self._transaction() as db:
+            found = db.execute("UPDATE jobs SET telemetry = ? WHERE id = ?",
+                               (json.dumps(summary), job_id)).rowcount
+        if not found:
+            raise UnknownName("job %r not found" % job_id)
+
+    def add_telemetry(self, sample: Dict[str, object], keep_after: float) -> None:
+        """One downsampled sample; older history than ``keep_after`` is dropped."""
+        with self._transaction() as db:
+            db.execute("INSERT INTO telemetry (ts, data) VALUES (?, ?)",
+                       (sample["ts"], json.dumps(sample)))
+            db.execute("DELETE FROM telemetry WHERE ts < ?", (keep_after,))
+
+    def telemetry(self, since: Optional[float] = None,
+                  until: Optional[float] = None) -> List[Dict[str, object]]:
+        rows = self._all("SELECT data FROM telemetry WHERE ts >= ? AND ts <= ? ORDER BY ts",
+                         (since if since is not None else float("-inf"),
+                          until if until is not None else float("inf")), ("data",))
+        return [row["data"] for row in rows]
 
     # --- adapter versions ---------------------------------------------------------------
 

@@ -294,6 +294,7 @@ class Trainer(object):
         event = {"event": "step", "epoch": epoch, "epochs": self.config.epochs,
                  "step": step, "steps": steps, "loss": loss,
                  "images_per_sec": images / max(self.step_times[-1], 1e-9),
+                 "step_ms": 1000 * self.step_times[-1],
                  "step_ms_p50": 1000 * _quantile(recent, 0.5),
                  "step_ms_p95": 1000 * _quantile(recent, 0.95),
                  "eta_s": self.clock.eta_s(), "micro_batch": self.watch.micro_batch,

@@ -90,7 +90,14 @@ class Worker(object):
         return {"busy": self.job is not None, "job_id": self.job[0] if self.job else None,
                 "device": str(self.device), "backbones": sorted(self.backbones),
                 "domains": sorted(self.loaded),
-                "peak_rss_mb": peak_rss_mb()}
+                "peak_rss_mb": peak_rss_mb(), "cuda": self._cuda_memory()}
+
+    def _cuda_memory(self) -> Optional[Dict[str, float]]:
+        if self.device.type != "cuda":
+            return None
+        return {"cuda_allocated_mb": torch.cuda.memory_allocated(self.device) / 1e6,
+                "cuda_reserved_mb": torch.cuda.memory_reserved(self.device) / 1e6,
+                "cuda_peak_mb": torch.cuda.max_memory_allocated(self.device) / 1e6}
 
     def train(self, header: dict, payload: bytes) -> Dict[str, object]:
         if self.job is not None:
@@ -204,15 +211,23 @@ class Worker(object):
         return metrics
 
     def _progress_sender(self, job_id: str, cancel: threading.Event):
+        """Step events are sent at most every STEP_EVENT_INTERVAL_S; each event carries the
+        times of the steps not reported yet (``step_ms_recent``), so no latency is lost."""
         last = [0.0]
+        recent = []  # type: List[float]
 
         def send(event: Dict[str, object]) -> None:
             if cancel.is_set():
                 raise Cancelled()
             now = time.time()
-            if event["event"] == "step" and now - last[0] < STEP_EVENT_INTERVAL_S:
-                return
-            last[0] = now
+            if event["event"] == "step":
+                recent.append(float(event.pop("step_ms")))
+                if now - last[0] < STEP_EVENT_INTERVAL_S:
+                    return
+                last[0] = now
+            if recent:  # any event sent carries the step times not sent yet
+                event["step_ms_recent"] = list(recent)
+                del recent[:]
             self._event(job_id, event)
 
         return send

@@ -1,0 +1,79 @@
+"""Telemetry: the latest sample, a downsampled range, a live stream (SSE), and /metrics."""
+import asyncio
+import json
+import queue
+from typing import List, Optional
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from device_agent.api.schemas import TelemetrySample
+from device_agent.errors import Conflict
+
+router = APIRouter(tags=["telemetry"])
+metrics_router = APIRouter(tags=["telemetry"])
+KEEPALIVE_S = 15.0
+
+
+@router.get("/telemetry", response_model=List[TelemetrySample],
+            summary="the latest sample, or with since/until/step a downsampled range")
+def telemetry(request: Request,
+              since: Optional[float] = Query(None, description="Unix time; from here"),
+              until: Optional[float] = Query(None, description="Unix time; up to here"),
+              step: float = Query(0.0, ge=0, le=86400,
+                                  description="bucket seconds (0: every sample)")) -> list:
+    sampler = request.app.state.sampler
+    if since is None and until is None:
+        latest = sampler.latest()
+        if latest is None:
+            raise Conflict("no sample yet; the sampler takes one per interval")
+        return [latest]
+    if since is not None and until is not None and until < since:
+        raise Conflict("until is before since")
+    return sampler.window(since, until, step)
+
+
+@router.get("/telemetry/stream", summary="Server-Sent Events: one `sample` event per sample",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {}}}})
+async def telemetry_stream(request: Request,
+                           limit: int = Query(0, ge=0, le=1000000,
+                                              description="stop after this many (0: never)")):
+    sampler = request.app.state.sampler
+    subscriber = sampler.subscribe()
+
+    async def events():
+        sent = 0
+        try:
+            latest = sampler.latest()
+            if latest is not None:
+                yield _event(latest)
+                sent += 1
+            while not limit or sent < limit:
+                if await request.is_disconnected():
+                    break
+                try:
+                    sample = await asyncio.get_event_loop().run_in_executor(
+                        None, subscriber.get, True, KEEPALIVE_S)
+                except queue.Empty:
+                    yield ": keep-alive\n\n"
+                    continue
+                yield _event(sample)
+                sent += 1
+        finally:
+            sampler.unsubscribe(subscriber)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store"})
+
+
+def _event(sample) -> str:
+    return "event: sample\ndata: %s\n\n" % json.dumps(sample)
+
+
+@metrics_router.get("/metrics", response_class=Response,
+                    summary="Prometheus text format (token required unless configured off)")
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry),
+                    media_type=CONTENT_TYPE_LATEST)

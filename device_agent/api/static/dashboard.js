@@ -1,0 +1,228 @@
+// device-agent dashboard: polls the token-protected API and draws SVG charts (no library).
+"use strict";
+
+const WINDOW_S = 600;      // the time charts show the last ten minutes
+const POLL_MS = 2000;
+const COLORS = ["#2f6fde", "#e0672b", "#2a9d63", "#9b4dca", "#c9a227", "#d23f6c", "#3aa7b5",
+                "#7a8599"];
+const SVG = "http://www.w3.org/2000/svg";
+const state = { samples: [], jobs: [], domains: [], lastTs: null };
+
+function token() { return sessionStorage.getItem("device-agent-token"); }
+
+async function api(path) {
+  const response = await fetch(path, { headers: { Authorization: "Bearer " + token() } });
+  if (response.status === 401) { throw new Error("unauthorized"); }
+  if (!response.ok) { throw new Error(path + ": HTTP " + response.status); }
+  return response.json();
+}
+
+function el(name, attrs, parent) {
+  const node = document.createElementNS(SVG, name);
+  for (const key in attrs) { node.setAttribute(key, attrs[key]); }
+  if (parent) { parent.appendChild(node); }
+  return node;
+}
+
+function niceMax(value) {
+  if (!(value > 0)) { return 1; }
+  const magnitude = Math.pow(10, Math.floor(Math.log10(value)));
+  for (const step of [1, 2, 2.5, 5, 10]) {
+    if (value <= step * magnitude) { return step * magnitude; }
+  }
+  return 10 * magnitude;
+}
+
+// series: [{name, points: [[x, y], ...]}];
+// options: {xTime, xUnit, yMax, markers: [{x, up}], scatter}
+function plot(id, series, options) {
+  const svg = document.getElementById(id);
+  const width = svg.clientWidth || 460, height = svg.clientHeight || 190;
+  const pad = { left: 48, right: 10, top: 8, bottom: 22 };
+  svg.setAttribute("viewBox", "0 0 " + width + " " + height);
+  while (svg.firstChild) { svg.removeChild(svg.firstChild); }
+  const all = series.flatMap(s => s.points);
+  const legend = document.getElementById(id.replace("chart", "legend"));
+  if (legend) {
+    legend.innerHTML = "";
+    series.forEach((s, i) => {
+      const item = document.createElement("span");
+      item.innerHTML = '<i style="background:' + COLORS[i % COLORS.length] + '"></i>';
+      item.appendChild(document.createTextNode(s.name));
+      legend.appendChild(item);
+    });
+  }
+  svg.dataset.points = String(all.length);
+  if (all.length === 0) {
+    el("text", { x: width / 2, y: height / 2, "text-anchor": "middle", class: "tick" }, svg)
+      .textContent = "no data yet";
+    return;
+  }
+  let xMin = Math.min(...all.map(p => p[0])), xMax = Math.max(...all.map(p => p[0]));
+  if (options.scatter) { xMin = 0; }
+  if (xMax === xMin) { xMax = xMin + 1; }
+  const yMax = options.yMax || niceMax(Math.max(...all.map(p => p[1])) * 1.05);
+  const x = v => pad.left + (v - xMin) / (xMax - xMin) * (width - pad.left - pad.right);
+  const y = v => height - pad.bottom - v / yMax * (height - pad.top - pad.bottom);
+  for (let i = 0; i <= 4; i++) {
+    const value = yMax * i / 4;
+    el("line", { x1: pad.left, x2: width - pad.right, y1: y(value), y2: y(value), class: "grid" }, svg);
+    el("text", { x: pad.left - 4, y: y(value) + 3, "text-anchor": "end", class: "tick" }, svg)
+      .textContent = value >= 1000 ? value.toFixed(0) : +value.toPrecision(3);
+  }
+  el("line", { x1: pad.left, x2: width - pad.right, y1: y(0), y2: y(0), class: "axis" }, svg);
+  for (let i = 0; i <= 4; i++) {
+    const value = xMin + (xMax - xMin) * i / 4;
+    const label = options.xTime ? new Date(value * 1000).toLocaleTimeString() : +value.toPrecision(3);
+    el("text", { x: x(value), y: height - 6, "text-anchor": "middle", class: "tick" }, svg)
+      .textContent = label + (options.xUnit && i === 4 ? " " + options.xUnit : "");
+  }
+  (options.markers || []).filter(m => m.x >= xMin && m.x <= xMax).forEach(m => {
+    el("line", { x1: x(m.x), x2: x(m.x), y1: pad.top, y2: y(0), stroke: m.up ? "#2a9d63" : "#b3261e",
+                 "stroke-dasharray": "3 3" }, svg);
+    el("text", { x: x(m.x), y: pad.top + 9, "text-anchor": "middle", fill: m.up ? "#2a9d63" : "#b3261e",
+                 "font-size": 10 }, svg).textContent = m.up ? "▲" : "▼";
+  });
+  series.forEach((s, i) => {
+    const color = COLORS[i % COLORS.length];
+    if (options.scatter) {
+      s.points.forEach(p => el("circle", { cx: x(p[0]), cy: y(p[1]), r: 4, fill: color,
+                                           "fill-opacity": 0.75, class: "point" }, svg));
+    } else if (s.points.length) {
+      el("polyline", { fill: "none", stroke: color, "stroke-width": 1.6, class: "series",
+                       "data-points": s.points.length,
+                       points: s.points.map(p => x(p[0]) + "," + y(p[1])).join(" ") }, svg);
+    }
+  });
+}
+
+function series(name, pick) {
+  const points = [];
+  for (const s of state.samples) {
+    const value = pick(s);
+    if (value !== null && value !== undefined && isFinite(value)) { points.push([s.ts, value]); }
+  }
+  return { name, points };
+}
+
+function jobMarkers() {
+  const markers = [];
+  for (const job of state.jobs) {
+    if (job.started_at) { markers.push({ x: job.started_at, up: true }); }
+    if (job.finished_at && job.started_at) { markers.push({ x: job.finished_at, up: false }); }
+  }
+  return markers;
+}
+
+function drawTimeCharts() {
+  const markers = jobMarkers();
+  plot("chart-memory", [series("RAM used", s => s.ram_used_mb),
+                        series("swap used", s => s.swap_used_mb),
+                        series("worker RSS", s => (s.worker || {}).rss_mb)],
+       { xTime: true, markers });
+  plot("chart-gpu", [series("GPU load", s => s.gpu_load_pct)], { xTime: true, markers, yMax: 100 });
+  plot("chart-power", [series("total power", s => s.power_total_mw)], { xTime: true, markers });
+  const sensors = new Set();
+  state.samples.forEach(s => Object.keys(s.temps_c || {}).forEach(k => sensors.add(k)));
+  plot("chart-temps", [...sensors].sort().slice(0, COLORS.length)
+       .map(name => series(name, s => (s.temps_c || {})[name])), { xTime: true });
+}
+
+function cell(row, text, numeric) {
+  const td = row.insertCell();
+  td.textContent = text === null || text === undefined ? "–" : text;
+  if (numeric) { td.className = "num"; }
+}
+
+function fixed(value, digits) {
+  return value === null || value === undefined ? null : Number(value).toFixed(digits);
+}
+
+function drawDomains() {
+  const body = document.querySelector("#domains tbody");
+  body.innerHTML = "";
+  if (!state.domains.length) {
+    body.insertRow().insertCell().outerHTML = '<td colspan="10" class="empty">no domains yet</td>';
+  }
+  for (const d of state.domains) {
+    const job = d.last_job || { memory: {}, telemetry: {} };
+    const row = body.insertRow();
+    row.dataset.domain = d.name;
+    cell(row, d.name);
+    cell(row, d.active_version, true);
+    cell(row, d.method);
+    cell(row, d.backbone);
+    cell(row, fixed(d.val_top1, 3), true);
+    cell(row, fixed(job.telemetry.worker_peak_rss_mb || job.memory.step_peak_rss_mb, 0), true);
+    cell(row, fixed(job.telemetry.duration_s, 0), true);
+    cell(row, fixed(d.adapter_bytes && d.adapter_bytes / 1024, 1), true);
+    cell(row, fixed(job.telemetry.energy_j, 1), true);
+    cell(row, job.state);
+  }
+}
+
+function drawMethods() {
+  const byMethod = {};
+  for (const job of state.jobs) {
+    const memory = job.memory.saved_activation_mb;
+    if (job.state === "succeeded" && memory !== null && job.val_top1 !== null) {
+      (byMethod[job.params.method || "da2"] = byMethod[job.params.method || "da2"] || [])
+        .push([memory, 100 * job.val_top1]);
+    }
+  }
+  plot("chart-methods", Object.keys(byMethod).sort().map(m => ({ name: m, points: byMethod[m] })),
+       { scatter: true, xUnit: "MB", yMax: 100 });
+}
+
+async function refresh() {
+  const since = state.lastTs === null ? Date.now() / 1000 - WINDOW_S : state.lastTs + 1e-6;
+  const [fresh, jobs, domains] = await Promise.all([
+    api("/v1/telemetry?since=" + since), api("/v1/jobs"), api("/v1/domains")]);
+  state.samples = state.samples.concat(fresh)
+    .filter(s => s.ts >= Date.now() / 1000 - WINDOW_S - 5);
+  if (state.samples.length) { state.lastTs = state.samples[state.samples.length - 1].ts; }
+  state.jobs = jobs;
+  state.domains = domains;
+  const latest = state.samples[state.samples.length - 1];
+  document.getElementById("status").textContent = latest
+    ? "source " + latest.source + " · " + new Date(latest.ts * 1000).toLocaleTimeString() +
+      " · " + domains.length + " domains · " + jobs.filter(j => j.state === "running").length +
+      " running" : "waiting for samples";
+  drawTimeCharts();
+  drawDomains();
+  drawMethods();
+  document.body.dataset.refreshed = String(Date.now());
+}
+
+async function loop() {
+  try {
+    await refresh();
+  } catch (error) {
+    if (error.message === "unauthorized") { return showLogin("the token was refused"); }
+    document.getElementById("status").textContent = "error: " + error.message;
+  }
+  setTimeout(loop, POLL_MS);
+}
+
+function showLogin(message) {
+  sessionStorage.removeItem("device-agent-token");
+  document.getElementById("board").hidden = true;
+  document.getElementById("logout").hidden = true;
+  document.getElementById("login").hidden = false;
+  document.getElementById("login-error").textContent = message || "";
+}
+
+function start() {
+  document.getElementById("login").hidden = true;
+  document.getElementById("board").hidden = false;
+  document.getElementById("logout").hidden = false;
+  loop();
+}
+
+document.getElementById("login").addEventListener("submit", event => {
+  event.preventDefault();
+  sessionStorage.setItem("device-agent-token", document.getElementById("token").value.trim());
+  start();
+});
+document.getElementById("logout").addEventListener("click", () => showLogin(""));
+if (token()) { start(); } else { showLogin(""); }

@@ -1,0 +1,163 @@
+"""The daemon's sampler: one thread reading a source at a fixed interval into a bounded
+ring buffer, feeding live subscribers (SSE), per-job meters, and a downsampled history in
+the store. A failing source degrades to the Linux one; the daemon never stops for it."""
+import collections
+import logging
+import queue
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+from device_agent.telemetry.history import JobMeter, downsample, merge
+from device_agent.telemetry.sources import LinuxSource, TelemetryUnavailable
+
+log = logging.getLogger("device_agent.telemetry")
+_thread_time = getattr(time, "thread_time", time.process_time)  # per thread from 3.7
+Extra = Callable[[], Dict[str, object]]
+
+
+def process_rss_mb(pid: Optional[int]) -> Optional[float]:
+    if not pid:
+        return None
+    try:
+        with open("/proc/%d/status" % pid) as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+class Sampler(object):
+    def __init__(self, source, store=None, worker: Optional[Extra] = None,
+                 running_job: Optional[Callable[[], Optional[str]]] = None,
+                 buffer_size: int = 3600, history_step_s: float = 10.0,
+                 retention_s: float = 7 * 86400.0) -> None:
+        self.source = source
+        self.store = store
+        self.worker = worker or (lambda: {})
+        self.running_job = running_job or (lambda: None)
+        self.ring = collections.deque(maxlen=buffer_size)  # type: collections.deque
+        self.history_step_s = history_step_s
+        self.retention_s = retention_s
+        self.pending = []  # type: List[Dict[str, object]]
+        self.meters = {}  # type: Dict[str, JobMeter]
+        self.subscribers = []  # type: List[queue.Queue]
+        self.cpu_seconds = 0.0  # this thread's own cost, for the overhead benchmark
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None  # type: Optional[threading.Thread]
+
+    @property
+    def source_name(self) -> str:
+        return self.source.name
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="telemetry", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._flush_history(force=True)
+        self.source.close()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sample = self.source.read()
+            except (TelemetryUnavailable, OSError, ValueError) as exc:
+                log.warning("telemetry source %s failed (%s); using linux", self.source.name,
+                            exc)
+                self.source.close()
+                self.source = LinuxSource()
+                continue
+            started = _thread_time()
+            self.record(sample)
+            self.cpu_seconds += _thread_time() - started
+
+    def record(self, sample: Dict[str, object]) -> Dict[str, object]:
+        """Add the worker's figures, then buffer, meter, publish and persist the sample."""
+        sample = dict(sample, worker=self._worker_figures())
+        with self._lock:
+            self.ring.append(sample)
+            subscribers = list(self.subscribers)
+        for subscriber in subscribers:
+            try:
+                subscriber.put_nowait(sample)
+            except queue.Full:
+                pass  # a slow client misses samples, never slows the sampler
+        self._meter(sample)
+        self.pending.append(sample)
+        self._flush_history()
+        return sample
+
+    def _worker_figures(self) -> Dict[str, object]:
+        try:
+            figures = dict(self.worker())
+        except Exception as exc:  # the worker restarting: the sample goes on without it
+            figures = {"error": str(exc)}
+        figures.setdefault("rss_mb", process_rss_mb(figures.get("pid")))
+        return figures
+
+    def _meter(self, sample: Dict[str, object]) -> None:
+        job_id = self.running_job()
+        for finished in [j for j in self.meters if j != job_id]:
+            self._save_meter(finished, self.meters.pop(finished))
+        if job_id is None:
+            return
+        if job_id not in self.meters:
+            earlier = self.store.job_telemetry(job_id) if self.store is not None else {}
+            self.meters[job_id] = JobMeter(earlier)
+        meter = self.meters[job_id]
+        meter.add(sample)
+        if meter.samples % 5 == 0:
+            self._save_meter(job_id, meter)
+
+    def _save_meter(self, job_id: str, meter: JobMeter) -> None:
+        if self.store is not None:
+            try:
+                self.store.set_job_telemetry(job_id, meter.summary())
+            except Exception as exc:  # a deleted job: nothing to keep
+                log.debug("job %s telemetry not kept: %s", job_id, exc)
+
+    def _flush_history(self, force: bool = False) -> None:
+        if self.store is None or not self.pending:
+            return
+        if not force and self.pending[-1]["ts"] - self.pending[0]["ts"] < self.history_step_s:
+            return
+        batch, self.pending = self.pending, []
+        self.store.add_telemetry(merge(batch), keep_after=time.time() - self.retention_s)
+
+    # --- readers ------------------------------------------------------------------------
+
+    def latest(self) -> Optional[Dict[str, object]]:
+        with self._lock:
+            return self.ring[-1] if self.ring else None
+
+    def window(self, since: Optional[float] = None, until: Optional[float] = None,
+               step: float = 0.0) -> List[Dict[str, object]]:
+        """Samples in [since, until]: the store's history before the ring buffer begins,
+        then the buffer itself; merged into ``step``-second buckets when asked."""
+        with self._lock:
+            recent = list(self.ring)
+        begin = recent[0]["ts"] if recent else float("inf")
+        older = []  # type: List[Dict[str, object]]
+        if self.store is not None and (since is None or since < begin):
+            older = [s for s in self.store.telemetry(since, until) if s["ts"] < begin]
+        samples = [s for s in older + recent
+                   if (since is None or s["ts"] >= since) and (until is None or s["ts"] <= until)]
+        return downsample(samples, step)
+
+    def subscribe(self) -> "queue.Queue":
+        subscriber = queue.Queue(maxsize=100)  # type: queue.Queue
+        with self._lock:
+            self.subscribers.append(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: "queue.Queue") -> None:
+        with self._lock:
+            if subscriber in self.subscribers:
+                self.subscribers.remove(subscriber)
