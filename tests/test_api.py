@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -404,7 +405,7 @@ def test_telemetry_latest_range_and_stream(server):
     assert len(events) == 3 and all(e["source"] == "replay" for e in events)
 
 
-def test_prometheus_metrics(server):
+def test_prometheus_metrics(server):  # after the training tests above (file order)
     base, _ = server
     assert call(base, "GET", "/metrics", token=None)[0] == 401
     request = urllib.request.Request(base + "/metrics",
@@ -428,3 +429,8 @@ def test_prometheus_metrics(server):
     route = ('device_agent_http_request_duration_seconds_count{method="GET",'
              'route="/v1/jobs/{job_id}",status="200"}')
     assert values[route] > 0  # one label per route template, not per job id
+    # The Grafana dashboard for fleets queries only metrics that the daemon exports.
+    with open(os.path.join(ROOT, "deploy", "grafana", "device-agent.json")) as handle:
+        queried = set(re.findall(r"device_agent_[a-z0-9_]+", handle.read()))
+    exported = set(re.findall(r"^# TYPE (device_agent_[a-z0-9_]+)", text, re.M))
+    assert queried and {re.sub(r"_bucket$", "", name) for name in queried} <= exported

@@ -105,7 +105,11 @@ def _sampler(settings: Settings, store: Store, runner: JobRunner,
                          settings.telemetry_replay)
 
     def worker() -> dict:
-        figures = {"pid": supervisor.pid, "job_id": runner.current}
+        job_id = runner.current
+        figures = {"pid": supervisor.pid, "job_id": job_id}
+        if job_id is not None:
+            progress = store.get_job(job_id)["progress"]
+            figures["saved_activation_mb"] = progress.get("saved_activation_mb")
         device = (supervisor.hello or {}).get("device", "")
         if str(device).startswith("cuda") and supervisor.ready:
             figures.update(supervisor.request("status", timeout=2).get("cuda") or {})

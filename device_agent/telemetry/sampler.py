@@ -66,6 +66,7 @@ class Sampler(object):
 
     def _loop(self) -> None:
         while not self._stop.is_set():
+            started = _thread_time()  # sleeping inside read() costs no CPU time
             try:
                 sample = self.source.read()
             except (TelemetryUnavailable, OSError, ValueError) as exc:
@@ -74,7 +75,6 @@ class Sampler(object):
                 self.source.close()
                 self.source = LinuxSource()
                 continue
-            started = _thread_time()
             self.record(sample)
             self.cpu_seconds += _thread_time() - started
 
