@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from device_agent import manifest
 from device_agent.errors import UnknownName, WeightsMismatch, WeightsNotFound
 from device_agent.manifest import MODELS_DIR_ENV
 from device_agent.model import backbones
@@ -23,7 +24,7 @@ def model_repo(tmp_path, monkeypatch):
     torch.save(reference.state_dict(), str(weights))
     entry = dict(backbones.load_manifest()["resnet18"], weights_file="resnet18-test.pth")
     entry.pop("sha256_prefix")
-    entry["sha256"] = backbones.sha256_of(str(weights))
+    entry["sha256"] = manifest.sha256_of(str(weights))
     (tmp_path / "manifest.json").write_text(json.dumps({"schema": 1,
                                                         "backbones": {"resnet18": entry}}))
     monkeypatch.setenv(MODELS_DIR_ENV, str(tmp_path))
@@ -34,7 +35,7 @@ def model_repo(tmp_path, monkeypatch):
 def test_weights_are_found_verified_and_loaded(model_repo):
     reference, weights = model_repo
     backbone, info = backbones.build_backbone("resnet18")
-    assert info["weights_sha256"] == backbones.sha256_of(str(weights))
+    assert info["weights_sha256"] == manifest.sha256_of(str(weights))
     assert all(not p.requires_grad for p in backbone.parameters())
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():

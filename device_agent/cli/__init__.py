@@ -119,9 +119,13 @@ def _batch_size(text: str):
 
 
 def _add_models(commands) -> None:
-    p = commands.add_parser("models", help="the backbone model repository (models/)")
-    p.add_argument("action", choices=("list", "verify"))
-    p.add_argument("names", nargs="*")
+    p = commands.add_parser("models", help="the backbone model repository (models/)",
+                            description="list: where each backbone's weights are; verify: "
+                            "check their SHA-256 offline; fetch: download them (only on a "
+                            "connected machine) into models/weights/ or --dir")
+    p.add_argument("action", choices=("list", "verify", "fetch"))
+    p.add_argument("names", nargs="*", help="default: every backbone of the manifest")
+    p.add_argument("--dir", help="fetch into this directory (default: models/weights)")
 
 
 def _add_serve(commands) -> None:
@@ -163,6 +167,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         from device_agent.cli import client_commands as commands
     elif args.command == "telemetry":
         from device_agent.cli import telemetry_command as commands
+    elif args.command == "models":
+        from device_agent.cli import models_command as commands
     else:
         from device_agent.cli import model_commands as commands
     handler = getattr(commands, "run_" + args.command)

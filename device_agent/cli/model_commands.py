@@ -1,7 +1,6 @@
-"""Handlers of the torch-side commands: memory, train, predict, models."""
+"""Handlers of the torch-side commands: memory, train, predict."""
 import json
 import os
-import sys
 from typing import Dict, List, Tuple
 
 import torch
@@ -117,32 +116,4 @@ def run_predict(args) -> int:
     for result in results:
         best = ", ".join("%s %.3f" % (t["class"], t["probability"]) for t in result["top"])
         print("%s: %s" % (result["image"], best))
-    return 0
-
-
-def run_models(args) -> int:
-    manifest = backbones.load_manifest()
-    names = args.names or sorted(manifest)
-    failures = 0
-    for name in names:
-        info = backbones.backbone_info(name)
-        try:
-            path = backbones.find_weights(info)
-        except Exception as exc:  # a missing file is a finding here, not a crash
-            print("%-20s MISSING  %s" % (name, getattr(exc, "message", exc)))
-            failures += 1
-            continue
-        if args.action == "list":
-            print("%-20s present  %s" % (name, path))
-            continue
-        try:
-            backbones.verify_weights(info, path)
-            print("%-20s OK       %s" % (name, path))
-        except Exception as exc:
-            print("%-20s BAD      %s" % (name, getattr(exc, "message", exc)))
-            failures += 1
-    if args.action == "verify" and failures:
-        print("%d of %d backbones are missing or do not match the manifest" % (
-            failures, len(names)), file=sys.stderr)
-        return 3
     return 0

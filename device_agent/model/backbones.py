@@ -5,28 +5,23 @@ from a local file: an explicit path, ``models/weights/``, the TORCH_HOME cache, 
 Python package that ships them. Nothing is downloaded at run time; a file is hashed
 against the manifest before ``torch.load`` ever sees it (torch 1.10 always unpickles).
 """
-import hashlib
-import importlib.util
 import os
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from device_agent.errors import UnknownName, WeightsMismatch, WeightsNotFound
-from device_agent.manifest import load_manifest, models_dir
+from device_agent.manifest import (  # noqa: F401 (re-exported: the model room's API)
+    backbone_info,
+    check_digest,
+    find_weights,
+    load_manifest,
+    weight_candidates,
+)
 from device_agent.model.layers import Backbone, Block, ConvUnit, MaxPoolUnit
 
 RANDOM = "random"
-
-
-def backbone_info(name: str) -> dict:
-    manifest = load_manifest()
-    if name not in manifest:
-        raise UnknownName("unknown backbone %r; known: %s" % (name, ", ".join(sorted(manifest))))
-    info = dict(manifest[name])
-    info["name"] = name
-    return info
 
 
 # --- builders --------------------------------------------------------------------------
@@ -169,64 +164,6 @@ BUILDERS = {
 }  # type: Dict[str, Callable[[], Backbone]]
 
 
-# --- weights -----------------------------------------------------------------------------
-
-def _package_file(info: dict) -> Optional[str]:
-    package = info.get("package")
-    if not package:
-        return None
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return os.path.join(list(spec.submodule_search_locations)[0], info["package_path"])
-
-
-def _torch_hub_checkpoints() -> str:
-    return os.path.join(torch.hub.get_dir(), "checkpoints")
-
-
-def weight_candidates(info: dict) -> List[str]:
-    """Where a backbone's weights file is looked for, in order."""
-    candidates = [os.path.join(models_dir(), "weights", info["weights_file"]),
-                  os.path.join(_torch_hub_checkpoints(), info["weights_file"])]
-    packaged = _package_file(info)
-    if packaged:
-        candidates.append(packaged)
-    return candidates
-
-
-def find_weights(info: dict) -> str:
-    for path in weight_candidates(info):
-        if os.path.isfile(path):
-            return path
-    raise WeightsNotFound(
-        "weights for backbone %r not found: need %s in one of: %s. To provision: %s. "
-        "(Use --weights random only for tests: it is an untrained network.)"
-        % (info["name"], info["weights_file"], ", ".join(weight_candidates(info)),
-           info.get("provision", "copy the file there")))
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def verify_weights(info: dict, path: str) -> str:
-    """Check ``path`` against the manifest's SHA-256 (or torchvision's 8-hex prefix)."""
-    digest = sha256_of(path)
-    expected = info.get("sha256") or info.get("sha256_prefix", "")
-    if not expected or not digest.startswith(expected):
-        raise WeightsMismatch("%s has SHA-256 %s, the manifest expects %s for %r"
-                              % (path, digest, expected or "(no hash)", info["name"]))
-    return digest
-
-
 def _torch_load(path: str) -> Dict[str, torch.Tensor]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -264,7 +201,7 @@ def build_backbone(name: str, weights: Optional[str] = None) -> Tuple[Backbone, 
         path = weights or find_weights(info)
         if not os.path.isfile(path):
             raise WeightsNotFound("weights file %s does not exist" % path)
-        info["weights_sha256"] = verify_weights(info, path)
+        info["weights_sha256"] = check_digest(info, path)
         _load_state(backbone, _torch_load(path))
     for param in backbone.parameters():
         param.requires_grad_(False)
