@@ -45,12 +45,12 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         store = Store(paths.database)
-        store.requeue_interrupted()  # jobs a crash left running resume from checkpoints
+        runner = JobRunner(store, paths)
+        runner.recover()  # jobs a crash left running: promoted, or resumed from checkpoints
         if settings.demo:
             from device_agent.api.demo import seed_demo_domain
 
             seed_demo_domain(store, paths)
-        runner = JobRunner(store, paths)
         env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
         supervisor = WorkerSupervisor(worker_command(settings), runner.on_event,
                                       runner.on_worker_exit, env=env)

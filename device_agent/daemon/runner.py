@@ -8,10 +8,13 @@ marked interrupted and queued again: it resumes from its checkpoint in the same 
 """
 import logging
 import os
+import shutil
 import threading
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
+from device_agent import artifacts
 from device_agent.errors import AgentError, WorkerUnavailable
+from device_agent.faults import failpoint
 from device_agent.store.db import Store
 from device_agent.store.layout import DataPaths
 
@@ -107,6 +110,22 @@ class JobRunner(object):
             merged = merge_progress(self.store.get_job(job_id)["progress"], event)
             self.store.update_progress(job_id, merged, event if kind in LOGGED_EVENTS else None)
 
+    def recover(self) -> List[str]:
+        """At start-up, before any job runs: a job left running by a crash is promoted when
+        its adapter was already moved into place (the crash hit the promotion), otherwise
+        marked interrupted and queued again to resume from its checkpoint."""
+        for job in self.store.list_jobs():
+            if job["state"] != "running":
+                continue
+            target = self.paths.adapter(job["domain"], job["id"])
+            if os.path.isdir(target):
+                if job["report"] and all(os.path.isfile(os.path.join(target, name))
+                                         for name in artifacts.FILES):
+                    self.store.promote_adapter(job["id"], target, job["report"])
+                    continue
+                os.rename(target, self.paths.job(job["id"]))  # back where it resumes
+        return self.store.requeue_interrupted()
+
     def on_worker_exit(self) -> None:
         with self._lock:
             job_id = self.current
@@ -121,12 +140,15 @@ class JobRunner(object):
                 self.current = None
 
     def _promote(self, job_id: str, result: Dict[str, object]) -> None:
+        """Report first, then the rename, then one transaction: a crash anywhere in between
+        is completed (or undone) by :meth:`recover` at the next start."""
         try:
             job = self.store.get_job(job_id)
             target = self.paths.adapter(job["domain"], job_id)
             os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.rename(self.paths.job(job_id), target)
             self.store.set_report(job_id, result)
+            os.rename(self.paths.job(job_id), target)
+            failpoint("promote.after_rename")
             self.store.promote_adapter(job_id, target, result)
         except (AgentError, OSError) as exc:
             self._finish(job_id, "failed", "could not store the adapter: %s" % exc)
@@ -137,6 +159,7 @@ class JobRunner(object):
     def _finish(self, job_id: str, state: str, error: Optional[str]) -> None:
         try:
             self.store.set_job_state(job_id, state, error)
+            shutil.rmtree(self.paths.job(job_id), ignore_errors=True)  # nothing to resume
         finally:
             with self._lock:
                 if self.current == job_id:

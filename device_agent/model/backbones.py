@@ -194,10 +194,13 @@ def build_backbone(name: str, weights: Optional[str] = None) -> Tuple[Backbone, 
     info = backbone_info(name)
     if info["builder"] not in BUILDERS:
         raise UnknownName("backbone %r has no builder %r" % (name, info["builder"]))
-    backbone = BUILDERS[info["builder"]]()
-    if weights == RANDOM:
+    if weights == RANDOM:  # the same untrained network in every process (tests, restarts)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            backbone = BUILDERS[info["builder"]]()
         info["weights_sha256"] = RANDOM
     else:
+        backbone = BUILDERS[info["builder"]]()
         path = weights or find_weights(info)
         if not os.path.isfile(path):
             raise WeightsNotFound("weights file %s does not exist" % path)

@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 import torch
 
 from device_agent.errors import InvalidInput
+from device_agent.faults import failpoint
 from device_agent.model import safetensors_io
 from device_agent.model.memory import measure_saved_bytes, trainable_parameters
 from device_agent.model.network import AdaptedNet
@@ -161,12 +162,20 @@ class Trainer(object):
         if self.device.type == "cuda":  # dropout masks on the GPU draw from CUDA's generator
             tensors["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         blob = safetensors_io.dumps(tensors)
-        atomic.write_bytes(os.path.join(self.checkpoint_dir, "state.safetensors"), blob)
+        digest = hashlib.sha256(blob).hexdigest()
+        # Tensors go to a new file named by their hash, and state.json -- written last,
+        # atomically -- names it: a kill between the two leaves the previous checkpoint whole.
+        tensors_file = "state-%s.safetensors" % digest[:16]
+        atomic.write_bytes(os.path.join(self.checkpoint_dir, tensors_file), blob)
+        failpoint("checkpoint.between_files")
         atomic.write_json(os.path.join(self.checkpoint_dir, "state.json"), {
             "fingerprint": self.fingerprint(), "epoch": epoch, "history": self.history,
             "best_top1": self.best[0], "optimizer_scalars": scalars,
-            "batch_size": self.batch_size,
-            "tensors_sha256": hashlib.sha256(blob).hexdigest()})
+            "batch_size": self.batch_size, "tensors_file": tensors_file,
+            "tensors_sha256": digest})
+        for name in os.listdir(self.checkpoint_dir):  # earlier epochs' tensors, now unnamed
+            if name.startswith("state-") and name != tensors_file:
+                os.unlink(os.path.join(self.checkpoint_dir, name))
 
     def try_resume(self) -> bool:
         """Continue from the checkpoint in ``out_dir`` if it belongs to this very run."""
@@ -178,7 +187,11 @@ class Trainer(object):
         if meta.get("fingerprint") != self.fingerprint():
             raise InvalidInput("%s holds a checkpoint of a different run; use another --out "
                                "or delete it" % self.checkpoint_dir)
-        with open(os.path.join(self.checkpoint_dir, "state.safetensors"), "rb") as handle:
+        tensors_file = os.path.basename(str(meta.get("tensors_file", "")))
+        if not tensors_file.startswith("state-"):
+            raise InvalidInput("%s names no tensors file; delete %s" % (meta_path,
+                                                                         self.checkpoint_dir))
+        with open(os.path.join(self.checkpoint_dir, tensors_file), "rb") as handle:
             blob = handle.read()
         if hashlib.sha256(blob).hexdigest() != meta["tensors_sha256"]:
             raise InvalidInput("checkpoint tensors do not match state.json; delete %s"

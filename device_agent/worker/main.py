@@ -12,6 +12,7 @@ import argparse
 import io
 import os
 import platform
+import signal
 import sys
 import threading
 import time
@@ -243,6 +244,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     stdout = sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but frames may reach the protocol stream
+    # A file over RLIMIT_FSIZE (a full quota) must fail the write, not kill the worker.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     code = Worker(Peer(sys.stdin.buffer, stdout), args.device, args.weights).serve()
     # A training thread may still run (shutdown mid-job): everything it must keep is on disk
     # (atomic checkpoints; the job is requeued and resumes), so leave without interpreter
