@@ -11,7 +11,6 @@ import time
 
 import pytest
 from PIL import Image
-
 from test_api import call, free_port, multipart, zipped
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
