@@ -100,22 +100,54 @@ def server(tmp_path_factory):
     proc.wait(30)
 
 
+BAD_AUTHORIZATIONS = [None, "", "Bearer", "Bearer ", "Bearer wrong", "Bearer " + TOKEN + "x",
+                      "Bearer " + TOKEN[:-1], "Bearer  " + TOKEN, TOKEN, "Token " + TOKEN,
+                      "Basic dXNlcjpwYXNz", "Bearer " + TOKEN.upper(), "Bearer " + "A" * 5000]
+
+
+def _raw_status(base, method, path, authorization):
+    headers = {"Content-Type": "application/json"}
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    request = urllib.request.Request(base + path, data=b"{}" if method != "GET" else None,
+                                     method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
 def test_every_v1_route_refuses_missing_and_wrong_tokens(server):
+    """The auth matrix, generated from the app's own route table (new routes are covered)."""
     from device_agent.api.app import create_app
     from device_agent.api.settings import Settings
 
     base, data_dir = server
     app = create_app(Settings(data_dir=data_dir, token="unused"))
     routes = [(method.upper(), path) for path, operations in app.openapi()["paths"].items()
-              if path.startswith("/v1") for method in operations]  # the public route table
-    assert len(routes) >= 10
+              if path.startswith("/v1") or path == "/metrics" for method in operations]
+    assert len(routes) >= 15 and ("GET", "/metrics") in routes
     for method, path in routes:
         concrete = path.replace("{domain}", "colours").replace("{job_id}", "nope")
-        for token in (None, "", "wrong", TOKEN + "x"):
-            status, body = call(base, method, concrete, body=b"{}", token=token)
-            assert status == 401, (method, path, token, status)
-            assert body["code"] == "unauthorized"
+        for authorization in BAD_AUTHORIZATIONS:
+            status, body = _raw_status(base, method, concrete, authorization)
+            assert status == 401, (method, path, authorization, status)
+            assert body["code"] == "unauthorized" and body["detail"]
     assert call(base, "GET", "/healthz", token=None)[0] == 200
+    assert _raw_status(base, "GET", "/v1/domains", "Bearer " + TOKEN)[0] == 200
+
+
+def test_a_generated_token_file_is_private(tmp_path):
+    from device_agent.api.app import create_app
+    from device_agent.api.settings import Settings
+
+    app = create_app(Settings(data_dir=str(tmp_path), token=None))
+    path = tmp_path / "token"
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert len(app.state.token) >= 32 and path.read_text().strip() == app.state.token
+    again = create_app(Settings(data_dir=str(tmp_path), token=None))
+    assert again.state.token == app.state.token  # kept across restarts
 
 
 def test_upload_train_status_predict(server, small_folder):

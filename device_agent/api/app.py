@@ -17,6 +17,7 @@ from device_agent.api.limits import BodyLimit
 from device_agent.api.metrics import Metrics
 from device_agent.api.problems import problem
 from device_agent.api.routers import dashboard, datasets, domains, jobs, system, telemetry
+from device_agent.api.schemas import ERROR_RESPONSES
 from device_agent.api.settings import Settings
 from device_agent.api.timing import RequestTiming
 from device_agent.daemon.runner import JobRunner
@@ -93,9 +94,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(system.router)
     app.include_router(dashboard.router)
     for router in (datasets.router, jobs.router, domains.router, telemetry.router):
-        app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)])
+        app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)],
+                           responses=ERROR_RESPONSES)
     app.include_router(telemetry.metrics_router, dependencies=[Depends(require_token)]
-                       if settings.metrics_require_token else [])
+                       if settings.metrics_require_token else [], responses=ERROR_RESPONSES)
     return app
 
 

@@ -13,6 +13,35 @@ Method = Literal["da2", "finetune", "last", "bn_last", "tinytl_bias", "tinytl_li
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
 
 
+class Problem(BaseModel):
+    """An RFC 7807 error body (``application/problem+json``)."""
+
+    type: str = Field("about:blank", description="always about:blank")
+    title: str = Field(..., description="the code in words")
+    status: int = Field(..., description="the HTTP status")
+    code: str = Field(..., description="a stable machine-readable code, e.g. invalid_input, "
+                                       "unauthorized, payload_too_large, "
+                                       "memory_budget_exceeded")
+    detail: object = Field(..., description="what went wrong: a sentence, or for 422 a list "
+                                            "of {loc, msg}")
+
+
+def _problem(description: str) -> dict:
+    return {"model": Problem, "description": description,
+            "content": {"application/problem+json": {}}}
+
+
+ERROR_RESPONSES = {
+    400: _problem("bad input: a bad archive, image, layout or parameter"),
+    401: _problem("missing or wrong API token"),
+    404: _problem("no such domain, job or version"),
+    409: _problem("contradicts the current state (no dataset yet, no adapter yet, ...)"),
+    413: _problem("the request body is over the upload limit"),
+    422: _problem("the request does not match the schema, or an adapter is malformed"),
+    503: _problem("the worker is starting or restarting, or weights are missing"),
+}
+
+
 class JobRequest(BaseModel):
     """Hyperparameters of one training job; unknown fields are refused."""
 
@@ -58,7 +87,8 @@ class JobCreated(BaseModel):
 
 class ActivateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    version: int = Field(..., ge=1, description="an adapter version the domain keeps")
+    version: int = Field(..., ge=1, le=2 ** 31 - 1,
+                         description="an adapter version the domain keeps")
 
 
 class DatasetSummary(BaseModel):

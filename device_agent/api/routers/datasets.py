@@ -30,11 +30,21 @@ def upload_dataset(domain: str, request: Request, file: UploadFile = File(
                                  max_extracted_bytes=settings.max_extracted_mb << 20,
                                  max_pixels=settings.max_pixels)
         summary = datasets.ingest(temporary, target, limits)
+    except BaseException:
+        _remove_if_empty(state.paths.datasets(domain))  # a refused first upload leaves nothing
+        raise
     finally:
         os.unlink(temporary)
     state.store.ensure_domain(domain)
     dataset_id = state.store.add_dataset(domain, target, summary)
     return dict(summary, dataset_id=dataset_id, domain=domain)
+
+
+def _remove_if_empty(directory: str) -> None:
+    try:
+        os.rmdir(directory)
+    except OSError:  # holds earlier datasets, or was never made
+        pass
 
 
 def _copy_limited(upload: UploadFile, handle: int, limit: int) -> None:

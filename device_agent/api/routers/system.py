@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse
 
 from device_agent import __version__
 from device_agent.api.problems import problem
-from device_agent.api.schemas import Health
+from device_agent.api.schemas import ERROR_RESPONSES, Health
 
 router = APIRouter(tags=["system"])
 
@@ -17,7 +17,8 @@ def healthz(request: Request) -> dict:
             "worker": request.app.state.supervisor.health()}
 
 
-@router.get("/readyz", summary="ready: worker up and store writable (503 otherwise)")
+@router.get("/readyz", summary="ready: worker up and store writable (503 otherwise)",
+            responses={503: ERROR_RESPONSES[503]})
 def readyz(request: Request) -> JSONResponse:
     state = request.app.state
     problems = []
