@@ -38,7 +38,9 @@ def test_lean_gradients_match_plain_autograd(backbone, method):
     x, y = torch.randn(2, 3, 48, 40), torch.tensor([1, 3])
     plain, lean = _gradients(net, x, y, False), _gradients(net, x, y, True)
     assert plain.abs().sum() > 0
-    assert ((plain - lean).norm() / plain.norm()).item() < 1e-5
+    # fp32 rounding differs between the two orders of operations (resnet50: 4e-5); the
+    # float64 test below checks the lean path is exact (< 1e-10)
+    assert ((plain - lean).norm() / plain.norm()).item() < 1e-4
 
 
 @pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v2", "efficientnet_lite0"])
