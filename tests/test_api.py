@@ -12,7 +12,9 @@ import urllib.request
 import uuid
 import zipfile
 
+import live_daemon
 import pytest
+from live_daemon import free_port
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -21,12 +23,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "test-token-" + uuid.uuid4().hex
 UPLOAD_LIMIT_MB = 1
 REPLAY = os.path.join(ROOT, "deploy", "replay", "nano-training.log")
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def call(base, method, path, body=None, token=TOKEN, content_type="application/json"):
@@ -74,30 +70,13 @@ def zipped(folder):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data_dir = str(tmp_path_factory.mktemp("data"))
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "device_agent", "serve", "--data-dir", data_dir,
-                             "--port", str(port), "--token", TOKEN, "--worker-device", "cpu",
-                             "--worker-weights", "random"], cwd=ROOT,
-                            env=dict(os.environ, PYTHONPATH=ROOT,
-                                     DEVICE_AGENT_MAX_UPLOAD_MB=str(UPLOAD_LIMIT_MB),
-                                     DEVICE_AGENT_TELEMETRY_SOURCE="replay",
-                                     DEVICE_AGENT_TELEMETRY_REPLAY=REPLAY,
-                                     DEVICE_AGENT_TELEMETRY_INTERVAL_S="0.2"))
-    base = "http://127.0.0.1:%d" % port
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if call(base, "GET", "/readyz", token=None)[0] == 200:
-                break
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        time.sleep(0.3)
-    else:
-        proc.kill()
-        raise AssertionError("the daemon did not become ready")
+    proc, base = live_daemon.start(data_dir, TOKEN,
+                                   DEVICE_AGENT_MAX_UPLOAD_MB=str(UPLOAD_LIMIT_MB),
+                                   DEVICE_AGENT_TELEMETRY_SOURCE="replay",
+                                   DEVICE_AGENT_TELEMETRY_REPLAY=REPLAY,
+                                   DEVICE_AGENT_TELEMETRY_INTERVAL_S="0.2")
     yield base, data_dir
-    proc.terminate()
-    proc.wait(30)
+    live_daemon.stop(proc)
 
 
 BAD_AUTHORIZATIONS = [None, "", "Bearer", "Bearer ", "Bearer wrong", "Bearer " + TOKEN + "x",

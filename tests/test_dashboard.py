@@ -2,12 +2,11 @@
 driven by Selenium) against a running daemon fed by the replay source. Saves a screenshot."""
 import os
 import shutil
-import subprocess
-import sys
 import time
 
+import live_daemon
 import pytest
-from test_api import TOKEN, call, free_port, multipart, wait_for_job, zipped
+from test_api import TOKEN, call, multipart, wait_for_job, zipped
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPLAY = os.path.join(ROOT, "deploy", "replay", "nano-training.log")
@@ -23,29 +22,12 @@ webdriver = pytest.importorskip("selenium.webdriver")
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    data_dir = str(tmp_path_factory.mktemp("dashboard"))
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "device_agent", "serve", "--data-dir", data_dir, "--port",
-         str(port), "--token", TOKEN, "--worker-device", "cpu", "--worker-weights", "random"],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, DEVICE_AGENT_TELEMETRY_SOURCE="replay",
-                           DEVICE_AGENT_TELEMETRY_REPLAY=REPLAY,
-                           DEVICE_AGENT_TELEMETRY_INTERVAL_S="0.1"))
-    base = "http://127.0.0.1:%d" % port
-    deadline = time.time() + 120
-    while True:
-        try:
-            if call(base, "GET", "/readyz", token=None)[0] == 200:
-                break
-        except OSError:
-            pass
-        if time.time() > deadline:
-            proc.kill()
-            raise AssertionError("the daemon did not become ready")
-        time.sleep(0.3)
+    proc, base = live_daemon.start(str(tmp_path_factory.mktemp("dashboard")), TOKEN,
+                                   DEVICE_AGENT_TELEMETRY_SOURCE="replay",
+                                   DEVICE_AGENT_TELEMETRY_REPLAY=REPLAY,
+                                   DEVICE_AGENT_TELEMETRY_INTERVAL_S="0.1")
     yield base
-    proc.terminate()
-    proc.wait(30)
+    live_daemon.stop(proc)
 
 
 def _train(base, folder, domain, method):

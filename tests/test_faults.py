@@ -5,13 +5,13 @@ import io
 import os
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 
+import live_daemon
 import pytest
 from PIL import Image
-from test_api import call, free_port, multipart, zipped
+from test_api import call, multipart, zipped
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "fault-token"
@@ -21,19 +21,11 @@ pytestmark = pytest.mark.slow
 
 class Daemon(object):
     def __init__(self, data_dir, **env):
-        self.data_dir, self.port = data_dir, free_port()
-        self.base = "http://127.0.0.1:%d" % self.port
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "device_agent", "serve", "--data-dir", data_dir, "--port",
-             str(self.port), "--token", TOKEN, "--worker-device", "cpu", "--worker-weights",
-             "random"], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, **env))
-        self.wait(lambda: self.ready(), 120, "the daemon did not become ready")
+        self.data_dir = data_dir
+        self.proc, self.base = live_daemon.start(data_dir, TOKEN, **env)
 
     def ready(self):
-        try:
-            return call(self.base, "GET", "/readyz", token=None)[0] == 200
-        except OSError:
-            return False
+        return live_daemon.is_ready(self.base)
 
     def call(self, method, path, body=None, **kwargs):
         return call(self.base, method, path, body, token=TOKEN, **kwargs)
@@ -71,9 +63,7 @@ class Daemon(object):
         self.proc.wait(30)
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(60)
+        live_daemon.stop(self.proc)
 
 
 def _upload_and_train(daemon, folder, domain, **params):

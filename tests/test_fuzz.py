@@ -3,18 +3,14 @@ bounded: every operation gets a fixed number of generated requests, with a valid
 No response may be a 5xx, and every response must match the schema: a documented status
 code, the documented content type, a body that validates."""
 import os
-import subprocess
-import sys
-import time
 
+import live_daemon
 import pytest
-from test_api import call, free_port
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis import checks  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "fuzz-token"
 EXAMPLES = int(os.environ.get("DEVICE_AGENT_FUZZ_EXAMPLES", "30"))
 CHECKS = [checks.not_a_server_error, checks.status_code_conformance,
@@ -23,28 +19,14 @@ CHECKS = [checks.not_a_server_error, checks.status_code_conformance,
 
 @pytest.fixture(scope="module")
 def fuzz_base(tmp_path_factory):
-    data_dir = str(tmp_path_factory.mktemp("fuzz"))
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "device_agent", "serve", "--data-dir", data_dir, "--port",
-         str(port), "--token", TOKEN, "--worker-device", "cpu", "--worker-weights", "random"],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, DEVICE_AGENT_MAX_UPLOAD_MB="2",
-                           DEVICE_AGENT_TELEMETRY_INTERVAL_S="0.2"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, universal_newlines=True)
-    base = "http://127.0.0.1:%d" % port
-    deadline = time.time() + 120
-    while True:
-        try:
-            if call(base, "GET", "/readyz", token=None)[0] == 200:
-                break
-        except OSError:
-            pass
-        assert time.time() < deadline, "the daemon did not become ready"
-        time.sleep(0.3)
-    yield base
-    proc.terminate()
-    _, stderr = proc.communicate(timeout=60)
-    assert "Traceback" not in stderr, stderr[-3000:]  # no unhandled error in the server
+    log = tmp_path_factory.mktemp("fuzz-log") / "server.log"
+    with open(str(log), "w") as stderr:
+        proc, base = live_daemon.start(str(tmp_path_factory.mktemp("fuzz")), TOKEN,
+                                       stderr=stderr, DEVICE_AGENT_MAX_UPLOAD_MB="2",
+                                       DEVICE_AGENT_TELEMETRY_INTERVAL_S="0.2")
+        yield base
+        live_daemon.stop(proc)
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]  # nothing unhandled
 
 
 def _operations(base):

@@ -3,16 +3,13 @@ API requests. A refused case gets a 4xx with a useful problem body and leaves no
 domain, no dataset, no upload or temp file, nothing outside the data dir, other domains
 unchanged. Odd-but-valid input is accepted."""
 import os
-import subprocess
-import sys
-import time
 import uuid
 
+import live_daemon
 import pytest
 from hostile_corpus import ESCAPE_NAME, corpus
-from test_api import call, free_port, multipart, zipped
+from test_api import call, multipart, zipped
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "hostile-token"
 CASES = list(corpus())
 
@@ -21,25 +18,11 @@ CASES = list(corpus())
 def daemon(tmp_path_factory):
     sandbox = tmp_path_factory.mktemp("hostile")  # the data dir's parent: must stay clean
     data_dir = str(sandbox / "data")
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "device_agent", "serve", "--data-dir", data_dir, "--port",
-         str(port), "--token", TOKEN, "--worker-device", "cpu", "--worker-weights", "random"],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, DEVICE_AGENT_MAX_FILES="1500",
-                           DEVICE_AGENT_MAX_UPLOAD_MB="8", DEVICE_AGENT_MAX_EXTRACTED_MB="32"))
-    base = "http://127.0.0.1:%d" % port
-    deadline = time.time() + 120
-    while True:
-        try:
-            if call(base, "GET", "/readyz", token=None)[0] == 200:
-                break
-        except OSError:
-            pass
-        assert time.time() < deadline, "the daemon did not become ready"
-        time.sleep(0.3)
+    proc, base = live_daemon.start(data_dir, TOKEN, DEVICE_AGENT_MAX_FILES="1500",
+                                   DEVICE_AGENT_MAX_UPLOAD_MB="8",
+                                   DEVICE_AGENT_MAX_EXTRACTED_MB="32")
     yield base, data_dir, str(sandbox)
-    proc.terminate()
-    proc.wait(60)
+    live_daemon.stop(proc)
 
 
 @pytest.fixture(scope="module")
