@@ -37,6 +37,11 @@ DOMAINS = ["fashion", "mnist", "letters", "emoji"]
 HFLIP = {"fashion": True, "mnist": False, "letters": False, "emoji": True}
 LR_FACTORS = (0.3, 1.0, 3.0, 10.0)
 BACKBONE = "efficientnet_lite0"
+# The DA2 investigation (docs/benchmarks.md): name -> (adapter settings, train BN), trained
+# with DA2's chosen learning rate.
+VARIANTS = {"da2 fine (pool 2, min stride 8)": ({"pool": 2, "min_branch_stride": 8}, False),
+            "da2 + BN scale/shift": ({}, True),
+            "da2 fine + BN": ({"pool": 2, "min_branch_stride": 8}, True)}
 ROW = "| %s | %g | %s | **%.1f** | %d | %.0f | %.2f | %.2f | %.1fx | %.0f | %.0f |"
 
 
@@ -66,8 +71,10 @@ def evaluate(net, trainer, test):
     return hits / float(len(test)), torch.cat(logits)
 
 
-def train(net, domain, method, split, args, lr, epochs, out_dir, hflip=None):
-    net.add_domain(domain, DomainModule(net.backbone, method, len(split.classes)))
+def train(net, domain, method, split, args, lr, epochs, out_dir, hflip=None, variant=None):
+    settings, train_bn = VARIANTS[variant] if variant else (None, False)
+    net.add_domain(domain, DomainModule(net.backbone, method, len(split.classes), settings,
+                                        train_bn))
     net.set_active(domain)
     torch.manual_seed(args.seed)
     config = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=lr,
@@ -117,19 +124,21 @@ def choose_lr(method, args, cache, root):
     return choice
 
 
-def cell(method, domain, args, cache, root, lr, net=None):
-    path = os.path.join(cache, "%s-%s.json" % (domain, method))
+def cell(method, domain, args, cache, root, lr, net=None, variant=None):
+    name = variant or method
+    path = os.path.join(cache, "%s-%s.json" % (domain, name.replace(" ", "_").replace(
+        "/", "-")))
     if os.path.exists(path) and net is None:
         with open(path) as handle:
             return json.load(handle)
     split, test = load_domain(root, domain)
     net = net if net is not None else shared_net()
     trainer, result = train(net, domain, method, split, args, lr, args.epochs,
-                            os.path.join(cache, "work"))
+                            os.path.join(cache, "work"), variant=variant)
     top1, logits = evaluate(net, trainer, test)
-    saved = adapter_io.save_domain(net, domain, os.path.join(cache, "adapters", method, domain),
+    saved = adapter_io.save_domain(net, domain, os.path.join(cache, "adapters", name, domain),
                                    split.classes, trainer.resolution, {})
-    record = {"method": method, "domain": domain, "lr": lr, "test_top1": top1,
+    record = {"method": name, "domain": domain, "lr": lr, "test_top1": top1,
               "val_top1": result["val_top1"], "trainable_params": trainable_parameters(net),
               "adapter_bytes": saved["weights_bytes"],
               "saved_activation_mb": result["saved_activation_mb"],
@@ -174,7 +183,28 @@ def memory_rows(cache):
         return {row["method"]: row for row in json.load(handle)}
 
 
-def report(records, lrs, checks, memory, args, out_dir):
+def variant_memory(cache):
+    """Saved activations at 224 px / batch 8 of each DA2 variant (measured, lean path)."""
+    from device_agent.model.builder import build_net
+    from device_agent.model.memory import MB, measure_saved_bytes
+
+    path = os.path.join(cache, "memory-variants-224.json")
+    if not os.path.exists(path):
+        torch.manual_seed(0)
+        images, labels = torch.randn(8, 3, 224, 224), torch.arange(8) % 10
+        rows = {}
+        for name, (settings, train_bn) in VARIANTS.items():
+            net = build_net(BACKBONE, "da2", 10, weights="random", adapter_settings=settings,
+                            train_bn=train_bn).train()
+            rows[name] = {"saved_activation_mb": measure_saved_bytes(net, images, labels,
+                                                                     True) / MB}
+        with open(path, "w") as handle:
+            json.dump(rows, handle)
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def report(records, lrs, checks, memory, args, out_dir, variants=()):
     by = {(r["method"], r["domain"]): r for r in records}
     mean = {m: sum(by[m, d]["test_top1"] for d in DOMAINS) / len(DOMAINS) for m in METHODS}
     lines = ["# Real-data benchmark: DA2 against fine-tuning baselines", "",
@@ -205,6 +235,17 @@ def report(records, lrs, checks, memory, args, out_dir):
             memory[m]["saved_activation_mb"], finetune_mb / memory[m]["saved_activation_mb"],
             sum(c["images_per_sec"] for c in cells) / len(cells),
             sum(c["wall_s"] for c in cells)))
+    if variants:
+        lines += ["", "Investigating DA2 (same budget, DA2's learning rate; rows below are "
+                  "not used for choices either):", "",
+                  "| variant | " + " | ".join(DOMAINS) + " | mean | trainable params (mean) | "
+                  "saved act. MB at 224 px/b8 | x less than finetune |",
+                  "|---|" + "---:|" * len(DOMAINS) + "---:|---:|---:|---:|"]
+        for name, cells, mb in variants:
+            lines.append("| %s | %s | **%.1f** | %d | %.2f | %.1fx |" % (
+                name, " | ".join("%.1f" % (100 * c["test_top1"]) for c in cells),
+                100 * sum(c["test_top1"] for c in cells) / len(cells),
+                sum(c["trainable_params"] for c in cells) / len(cells), mb, finetune_mb / mb))
     identical = all(c["identical"] for c in checks)
     lines += ["", "Sequential multi-domain learning (DA2, one shared backbone, domains in the "
               "order %s): after each new domain, every earlier domain's test logits were "
@@ -270,6 +311,7 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(ROOT, "docs"))
     parser.add_argument("--methods", nargs="+", default=METHODS, help="a slice (smoke runs)")
+    parser.add_argument("--no-variants", action="store_true", help="skip the DA2 variants")
     parser.add_argument("--domains", nargs="+", default=DOMAINS, help="a slice (smoke runs)")
     args = parser.parse_args()
     METHODS[:], DOMAINS[:] = args.methods, args.domains
@@ -288,7 +330,19 @@ def main():
             print("%-22s %-8s test top-1 %.3f" % (method, domain, record["test_top1"]),
                   flush=True)
             records.append(record)
-    report(records, lrs, checks, memory_rows(cache), args, args.out)
+    variants = []
+    if not args.no_variants:
+        variant_mb = variant_memory(cache)
+        for name in VARIANTS:
+            cells = []
+            for domain in DOMAINS:
+                result = cell("da2", domain, args, cache, args.data, lrs["da2"]["lr"],
+                              variant=name)
+                cells.append(result if isinstance(result, dict) else result[0])
+                print("%-30s %-8s test top-1 %.3f" % (name, domain, cells[-1]["test_top1"]),
+                      flush=True)
+            variants.append((name, cells, variant_mb[name]["saved_activation_mb"]))
+    report(records, lrs, checks, memory_rows(cache), args, args.out, variants)
 
 
 if __name__ == "__main__":

@@ -75,7 +75,10 @@ class Sampler(object):
                 self.source.close()
                 self.source = LinuxSource()
                 continue
-            self.record(sample)
+            try:
+                self.record(sample)
+            except Exception:  # a full disk, a deleted job: telemetry must never stop
+                log.exception("telemetry sample not recorded")
             self.cpu_seconds += _thread_time() - started
 
     def record(self, sample: Dict[str, object]) -> Dict[str, object]:
