@@ -281,7 +281,7 @@ def plots(by, mean, memory, out_dir):
     axis.grid(True, alpha=0.3)
     figure.tight_layout()
     figure.savefig(os.path.join(out_dir, "benchmarks-accuracy-memory.png"), dpi=110)
-    figure, axis = plt.subplots(figsize=(8, 4.2))
+    figure, axis = plt.subplots(figsize=(9, 4.6))
     width = 0.8 / len(METHODS)
     for i, m in enumerate(METHODS):
         axis.bar([d + i * width for d in range(len(DOMAINS))],
@@ -289,8 +289,8 @@ def plots(by, mean, memory, out_dir):
     axis.set_xticks([d + 0.4 - width / 2 for d in range(len(DOMAINS))])
     axis.set_xticklabels(DOMAINS)
     axis.set_ylabel("test top-1, %")
-    axis.set_ylim(0, 100)
-    axis.legend(fontsize=8, ncol=3, loc="lower right")
+    axis.set_ylim(50, 100)
+    axis.legend(fontsize=8, ncol=len(METHODS), loc="upper center", bbox_to_anchor=(0.5, -0.08))
     axis.set_title("Per-domain test accuracy")
     figure.tight_layout()
     figure.savefig(os.path.join(out_dir, "benchmarks-domains.png"), dpi=110)
