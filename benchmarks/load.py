@@ -109,13 +109,15 @@ def throughput(api: Api, seconds: float, during=None) -> float:
     return (_steps(last) - _steps(first)) * JOB["batch_size"] / elapsed
 
 
-def load(api: Api, clients: int, interval: float):
+def load(api: Api, clients: int, interval: float, predict: bool = True):
     image_body = _multipart([("x.png", _png((200, 40, 40)))])
     endpoints = {"GET /v1/domains/{d}": lambda job_id: api("GET", "/v1/domains/ready"),
                  "GET /v1/jobs/{id}": lambda job_id: api("GET", "/v1/jobs/" + job_id),
                  "GET /v1/telemetry": lambda job_id: api("GET", "/v1/telemetry"),
                  "POST /v1/domains/{d}/predict": lambda job_id: api(
                      "POST", "/v1/domains/ready/predict", *image_body)}
+    if not predict:
+        del endpoints["POST /v1/domains/{d}/predict"]
     results = {name: ([], [0]) for name in endpoints}
 
     def run(job_id, seconds):
@@ -160,6 +162,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--interval", type=float, default=0.05, help="each client's pause")
     parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--no-predict", action="store_true",
+                        help="clients only poll status and telemetry")
     args = parser.parse_args()
     data_dir, port, token = tempfile.mkdtemp(), _port(), uuid.uuid4().hex
     server = subprocess.Popen([sys.executable, "-m", "device_agent", "serve", "--data-dir",
@@ -181,7 +185,7 @@ def main() -> int:
             {"backbone": args.backbone, "epochs": 1, "resolution": 96}).encode())["job_id"]
         api.wait_state(ready, ("succeeded",))
         alone = throughput(api, args.seconds)
-        run, results = load(api, args.clients, args.interval)
+        run, results = load(api, args.clients, args.interval, predict=not args.no_predict)
         loaded = throughput(api, args.seconds, during=run)
         worker_pid = api("GET", "/healthz")["worker"]["pid"]
         print("%s, %d px, batch %d, CPU; %d clients (pause %.0f ms), %.0f s per phase\n" % (
