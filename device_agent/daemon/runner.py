@@ -10,7 +10,7 @@ import logging
 import os
 import shutil
 import threading
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from device_agent import artifacts
 from device_agent.errors import AgentError, WorkerUnavailable
@@ -51,7 +51,7 @@ class JobRunner(object):
         self.poll_s = poll_s
         self.supervisor = None
         self.current = None  # type: Optional[str]
-        self.listeners = []  # type: List[Callable[[str, Dict[str, object]], None]]
+        self.listeners: List[Callable[[str, Dict[str, object]], None]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None  # type: Optional[threading.Thread]

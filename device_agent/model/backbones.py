@@ -6,7 +6,7 @@ Python package that ships them. Nothing is downloaded at run time; a file is has
 against the manifest before ``torch.load`` ever sees it (torch 1.10 always unpickles).
 """
 import os
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -119,7 +119,7 @@ def _same_unit(cin: int, cout: int, kernel: int, stride: int, act: Optional[str]
 
 
 def efficientnet_lite0() -> Backbone:
-    stages = [_same_unit(3, 32, 3, 2, "relu6")]  # type: List[nn.Module]
+    stages: List[nn.Module] = [_same_unit(3, 32, 3, 2, "relu6")]
     for repeats, kernel, stride, expand, cin, cout in _LITE0_BLOCKS:
         for i in range(repeats):
             cin_i, stride_i = (cin, stride) if i == 0 else (cout, 1)

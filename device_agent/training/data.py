@@ -8,7 +8,7 @@ silently used.
 import math
 import os
 import random
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image
@@ -74,7 +74,7 @@ def stratified_split(samples: List[Sample], val_fraction: float,
     """Per class, a seeded shuffle; ``val_fraction`` of it (at least 1 when the class has
     2+ images) goes to validation."""
     rng = random.Random(seed)
-    by_label = {}  # type: Dict[int, List[Sample]]
+    by_label: Dict[int, List[Sample]] = {}
     for sample in samples:
         by_label.setdefault(sample[1], []).append(sample)
     train, val = [], []

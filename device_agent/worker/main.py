@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from PIL import Image
@@ -215,7 +215,7 @@ class Worker(object):
         """Step events are sent at most every STEP_EVENT_INTERVAL_S; each event carries the
         times of the steps not reported yet (``step_ms_recent``), so no latency is lost."""
         last = [0.0]
-        recent = []  # type: List[float]
+        recent: List[float] = []
 
         def send(event: Dict[str, object]) -> None:
             if cancel.is_set():
