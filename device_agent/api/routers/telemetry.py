@@ -14,6 +14,7 @@ from device_agent.errors import Conflict
 router = APIRouter(tags=["telemetry"])
 metrics_router = APIRouter(tags=["telemetry"])
 KEEPALIVE_S = 15.0
+POLL_S = 0.1
 
 
 @router.get("/telemetry", response_model=List[TelemetrySample],
@@ -50,15 +51,20 @@ async def telemetry_stream(request: Request,
             if latest is not None:
                 yield _event(latest)
                 sent += 1
+            quiet = 0.0
             while not limit or sent < limit:
                 if await request.is_disconnected():
                     break
                 try:
-                    sample = await asyncio.get_event_loop().run_in_executor(
-                        None, subscriber.get, True, KEEPALIVE_S)
-                except queue.Empty:
-                    yield ": keep-alive\n\n"
+                    sample = subscriber.get_nowait()
+                except queue.Empty:  # wait on the event loop: no thread held per client
+                    await asyncio.sleep(POLL_S)
+                    quiet += POLL_S
+                    if quiet >= KEEPALIVE_S:
+                        quiet = 0.0
+                        yield ": keep-alive\n\n"
                     continue
+                quiet = 0.0
                 yield _event(sample)
                 sent += 1
         finally:
