@@ -445,3 +445,14 @@ def test_prometheus_metrics(server):  # after the training tests above (file ord
         queried = set(re.findall(r"device_agent_[a-z0-9_]+", handle.read()))
     exported = set(re.findall(r"^# TYPE (device_agent_[a-z0-9_]+)", text, re.M))
     assert queried and {re.sub(r"_bucket$", "", name) for name in queried} <= exported
+
+
+def test_metrics_can_be_opened_to_token_less_scrapers(tmp_path):
+    proc, base = live_daemon.start(str(tmp_path), TOKEN,
+                                   DEVICE_AGENT_METRICS_REQUIRE_TOKEN="false")
+    try:
+        with urllib.request.urlopen(base + "/metrics", timeout=30) as response:
+            assert response.status == 200 and b"device_agent_jobs" in response.read()
+        assert call(base, "GET", "/v1/domains", token=None)[0] == 401  # only /metrics opens
+    finally:
+        live_daemon.stop(proc)
