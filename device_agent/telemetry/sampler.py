@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
+from device_agent.procfs import status_kib
 from device_agent.telemetry.history import JobMeter, downsample, merge
 from device_agent.telemetry.sources import LinuxSource, TelemetryUnavailable
 
@@ -17,16 +18,8 @@ Extra = Callable[[], Dict[str, object]]
 
 
 def process_rss_mb(pid: Optional[int]) -> Optional[float]:
-    if not pid:
-        return None
-    try:
-        with open("/proc/%d/status" % pid) as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except (OSError, ValueError):
-        pass
-    return None
+    kib = status_kib("VmRSS", pid) if pid else None
+    return kib / 1024.0 if kib is not None else None
 
 
 class Sampler(object):

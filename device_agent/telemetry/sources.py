@@ -12,6 +12,7 @@ import subprocess
 import time
 from typing import Dict, List, Optional
 
+from device_agent.procfs import kib_fields
 from device_agent.telemetry import tegrastats
 from device_agent.telemetry.sample import empty_sample, keep_temperature, total_power_mw
 
@@ -28,14 +29,7 @@ class TelemetryUnavailable(Exception):
 
 def read_meminfo(path: str = "/proc/meminfo") -> Dict[str, float]:
     """/proc/meminfo in MB (kB / 1024)."""
-    values = {}
-    with open(path) as handle:
-        for line in handle:
-            name, _, rest = line.partition(":")
-            parts = rest.split()
-            if parts and parts[0].isdigit():
-                values[name] = int(parts[0]) / 1024.0
-    return values
+    return {name: kib / 1024.0 for name, kib in kib_fields(path).items()}
 
 
 def read_cpu_times(path: str = "/proc/stat") -> Dict[str, List[int]]:

@@ -18,30 +18,20 @@ import torch
 from device_agent.errors import MemoryBudgetExceeded
 from device_agent.model.memory import MB, estimate_step_bytes
 from device_agent.model.network import AdaptedNet
+from device_agent.procfs import kib_fields, status_kib
 
 AUTO_BATCH_SIZES = (64, 48, 32, 24, 16, 12, 8, 6, 4, 2)
 MIN_AVAILABLE_MB = 200.0  # leave this much for the OS, the API and the desktop
 
 
-def _status_kib(field: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def rss_mb() -> Optional[float]:
-    kib = _status_kib("VmRSS")
+    kib = status_kib("VmRSS")
     return kib * 1024 / MB if kib is not None else None
 
 
 def step_peak_rss_mb() -> Optional[float]:
     """The RSS high-water mark since :func:`reset_peak_rss` (or since the process began)."""
-    kib = _status_kib("VmHWM")
+    kib = status_kib("VmHWM")
     return kib * 1024 / MB if kib is not None else None
 
 
@@ -57,13 +47,10 @@ def reset_peak_rss() -> bool:
 
 def mem_available_mb(meminfo: str = "/proc/meminfo") -> Optional[float]:
     try:
-        with open(meminfo) as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024 / MB
+        kib = kib_fields(meminfo).get("MemAvailable")
     except OSError:
-        pass
-    return None
+        return None
+    return kib * 1024 / MB if kib is not None else None
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
