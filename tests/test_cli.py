@@ -20,6 +20,7 @@ def test_train_then_predict(small_folder, tmp_path):
     out = str(tmp_path / "adapter")
     proc = cli("train", small_folder, "--backbone", "resnet18", "--weights", "random",
                "--method", "da2", "--epochs", "1", "--resolution", "32", "--batch-size", "4",
+               "--adapter-setting", "pool=2", "--adapter-setting", "attention=channel",
                "--out", out, "--json")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -28,6 +29,9 @@ def test_train_then_predict(small_folder, tmp_path):
                            "saved_activation_mb", "peak_rss_mb", "images_per_sec"}
     assert result["method"] == "da2" and result["adapter_bytes"] > 0
     assert sorted(os.listdir(out)) == ["adapter_config.json", "adapter_model.safetensors"]
+    with open(os.path.join(out, "adapter_config.json")) as handle:
+        settings = json.load(handle)["adapter_settings"]
+    assert settings["pool"] == 2 and settings["attention"] == "channel"
     image = os.path.join(small_folder, "red", "0.png")
     proc = cli("predict", out, image, "--weights", "random", "--json", "--top-k", "2")
     assert proc.returncode == 0, proc.stderr
@@ -58,6 +62,20 @@ def test_bad_input_exits_with_a_clear_message(args, code, message):
     proc = cli(*args)
     assert proc.returncode == code
     assert message in proc.stderr
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("pool", "KEY=VALUE"), ("nope=1", "unknown DA2 adapter settings: nope"),
+    ("pool=0", "pool must be a positive integer"), ("attention=gate", "attention must be"),
+    ("train_biases=yes", "train_biases must be true or false"),
+])
+def test_bad_adapter_settings_exit_with_a_clear_message(small_folder, tmp_path, setting,
+                                                         message):
+    proc = cli("train", small_folder, "--backbone", "resnet18", "--weights", "random",
+               "--epochs", "1", "--adapter-setting", setting, "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert not os.path.exists(str(tmp_path / "o" / "adapter_config.json"))
 
 
 def test_missing_weights_name_the_file(small_folder, tmp_path):

@@ -27,6 +27,20 @@ def test_estimate_within_ten_percent_of_measurement(backbone, method):
     assert abs(estimate["plain"] - plain) <= 0.10 * plain
 
 
+@pytest.mark.parametrize("settings", [{"train_biases": True}, {"train_biases": False},
+                                      {"pool": 1, "min_branch_stride": 4}, {"attention": "none"},
+                                      {"upsample": "bilinear"}, {"min_cells": 4}])
+def test_estimate_matches_measurement_for_da2_settings(settings):
+    torch.manual_seed(0)
+    net = build_net("efficientnet_lite0", "da2", 10, weights="random",
+                    adapter_settings=settings).train()
+    x, y = torch.randn(4, 3, 64, 64), torch.arange(4) % 10
+    lean = measure_saved_bytes(net, x, y, True)
+    estimate = estimate_saved_bytes(net, (3, 64, 64), 4)
+    assert abs(estimate["lean"] - lean) <= 0.10 * lean
+    assert lean <= 1.05 * estimate["minimum"]
+
+
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_lean_da2_is_at_its_theoretical_minimum(backbone):
     _, lean, plain, estimate = _measure(backbone, "da2")

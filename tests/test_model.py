@@ -43,6 +43,61 @@ def test_lean_gradients_match_plain_autograd(backbone, method):
     assert ((plain - lean).norm() / plain.norm()).item() < 1e-4
 
 
+# The DA2 settings the benchmark investigates (docs/benchmarks.md), each off its default.
+DA2_SETTINGS = [{"train_biases": True}, {"train_biases": False},
+                {"pool": 1, "min_branch_stride": 4, "reduction": 2, "max_channels": 256},
+                {"attention": "none"}, {"attention": "channel"}, {"upsample": "bilinear"},
+                {"min_cells": 4}, {"min_cells": 0}]
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "efficientnet_lite0"])
+@pytest.mark.parametrize("settings", DA2_SETTINGS, ids=lambda s: ",".join(map(str, s.items())))
+def test_lean_gradients_match_plain_autograd_for_da2_settings(backbone, settings):
+    torch.manual_seed(0)
+    net = build_net(backbone, "da2", 5, weights="random", adapter_settings=settings)
+    _perturb_adapters(net)
+    net.train()
+    net.domain.head.dropout = 0.0
+    x, y = torch.randn(2, 3, 48, 40), torch.tensor([1, 3])
+    plain, lean = _gradients(net, x, y, False), _gradients(net, x, y, True)
+    assert plain.abs().sum() > 0
+    assert ((plain - lean).norm() / plain.norm()).item() < 1e-4
+    biases = [n for n, p in net.domain.named_parameters() if n.endswith("__beta")]
+    assert bool(biases) == net.domain.adapter_settings["train_biases"]
+
+
+def test_a_backbone_manifest_entry_sets_its_own_da2_defaults():
+    """ResNets keep coarse branches (models/manifest.json): their memory goal at 224 px."""
+    assert build_net("resnet18", "da2", 3, weights="random").domain.adapter_settings[
+        "min_cells"] == 0
+    assert build_net("mobilenet_v2", "da2", 3, weights="random").domain.adapter_settings[
+        "min_cells"] == 4
+    explicit = build_net("resnet18", "da2", 3, weights="random",
+                         adapter_settings={"min_cells": 2})
+    assert explicit.domain.adapter_settings["min_cells"] == 2
+
+
+def test_min_cells_keeps_small_maps_from_being_pooled_away():
+    from device_agent.model.adapters import DA2Adapter, da2_settings
+
+    # A stride-2 block whose output is at 1/8 of the input: without a floor the branch pools
+    # 4 output pixels into a cell (2x2 cells on a 64 px input's 8x8 map).
+    coarse = DA2Adapter(16, 24, 2, 8, da2_settings({"min_cells": 0}))
+    floored = DA2Adapter(16, 24, 2, 8, da2_settings({"min_cells": 4}))
+    assert coarse.pool_factor((16, 16)) == floored.pool_factor((112, 112)) == 8
+    assert floored.pool_factor((16, 16)) == 4  # 8x8 output -> 4x4 cells, not 2x2
+    assert floored.pool_factor((6, 6)) == 2    # a 3x3 output is not pooled at all
+    assert floored.pool_factor((14, 14)) == 4  # 7x7 -> 4 cells (3 full, 1 partial)
+    x = torch.randn(1, 16, 16, 16)
+    out = torch.zeros(1, 24, 8, 8)
+    with torch.no_grad():
+        floored.tail[1].weight.normal_()
+        added = floored(x, out.clone(), lean=False)
+    assert added.shape == out.shape
+    assert torch.equal(added[..., 0::2, 0::2], added[..., 1::2, 1::2])  # 2x2 pixels a cell
+    assert not torch.equal(added[..., :2, :2], added[..., 2:4, 2:4])
+
+
 @pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v2", "efficientnet_lite0"])
 @pytest.mark.parametrize("method", ["da2", "tinytl_bias", "bn_last"])
 def test_lean_gradients_exact_in_float64(backbone, method):
@@ -127,5 +182,7 @@ def test_methods_train_what_they_say(method):
              "tinytl_lite_residual": "adapters.", "da2": "adapters."}
     if method in kinds:
         assert any(kinds[method] in n for n in names)
-    if method in ("last", "da2"):
+    if method == "last" or (method == "da2" and not net.domain.adapter_settings["train_biases"]):
         assert not any("affine" in n for n in names)
+    if method == "da2":  # BN shifts at most: a trained BN scale would keep its input
+        assert not any("__gamma" in n for n in names)

@@ -46,6 +46,9 @@ def _add_train(commands) -> None:
     p.add_argument("--no-hflip", action="store_true", help="no horizontal-flip augmentation")
     p.add_argument("--plain", action="store_true", help="stock autograd (for comparison)")
     p.add_argument("--train-bn", action="store_true", help="da2: also train BN scale/shift")
+    p.add_argument("--adapter-setting", action="append", default=[], type=_setting,
+                   metavar="KEY=VALUE", help="da2: one adapter setting, e.g. pool=2 or "
+                   "attention=channel (repeatable; README: The DA2 adapter)")
     p.add_argument("--weights", help="backbone weights file, or 'random' (tests only)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--out", required=True, help="adapter directory (also holds the checkpoint)")
@@ -107,6 +110,17 @@ def _add_status(commands) -> None:
     p = commands.add_parser("status", help="the daemon's domains (or one domain) and worker")
     p.add_argument("domain", nargs="?")
     _add_client_flags(p)
+
+
+def _setting(text: str):
+    """KEY=VALUE, the value read as JSON when it parses (2, true) and as a string otherwise."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError("KEY=VALUE, not %r" % text)
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
 
 
 def _batch_size(text: str):

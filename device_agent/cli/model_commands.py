@@ -62,7 +62,7 @@ def train_domain(data_dir: str, args, backbone: str, method: str) -> Dict[str, o
     torch.manual_seed(config.seed)
     split = data.discover(data_dir, config.val_fraction, config.seed)
     net = build_net(backbone, method, len(split.classes), weights=args.weights,
-                    train_bn=args.train_bn)
+                    adapter_settings=dict(args.adapter_setting), train_bn=args.train_bn)
     trainer = Trainer(net, split, config, args.out, TrainingProgress())
     result = trainer.run()
     saved = adapter_io.save_domain(net, net.active, args.out, split.classes, trainer.resolution,

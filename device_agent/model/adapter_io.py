@@ -15,8 +15,9 @@ import torch
 
 from device_agent import __version__
 from device_agent.artifacts import CONFIG_NAME, WEIGHTS_NAME
-from device_agent.errors import ArtifactError, WeightsMismatch
+from device_agent.errors import ArtifactError, InvalidInput, WeightsMismatch
 from device_agent.model import safetensors_io
+from device_agent.model.adapters import LEGACY_SETTINGS
 from device_agent.model.network import AdaptedNet, DomainModule
 from device_agent.store import atomic
 
@@ -95,10 +96,13 @@ def load_domain(net: AdaptedNet, directory: str, name: str,
                               % (backbone.get("weights_sha256"), info["weights_sha256"]))
     tensors = _read_weights(directory, config["weights_sha256"])
     try:
+        settings = config["adapter_settings"]
+        if settings:  # da2: a setting missing from an older file has its old value
+            settings = dict(LEGACY_SETTINGS, **settings)
         domain = DomainModule(net.backbone, config["method"], len(config["class_names"]),
-                              config["adapter_settings"], bool(config.get("train_bn", False)),
+                              settings, bool(config.get("train_bn", False)),
                               float(config.get("dropout", 0.2)))
-    except ValueError as exc:
+    except (ValueError, InvalidInput) as exc:
         raise ArtifactError("adapter config is invalid: %s" % exc) from exc
     _load_strict(domain, tensors)
     net.add_domain(name, domain.eval())

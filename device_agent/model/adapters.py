@@ -29,11 +29,21 @@ DA2_DEFAULTS = {
     "min_channels": 8,       # ... clamped to [min_channels, max_channels]
     "max_channels": 128,
     "pool": 4,               # the branch runs at 1/pool of the block's output resolution,
-    "min_branch_stride": 32,  # and never finer than 1/32 of the network's input
+    "min_branch_stride": 32,  # and never finer than 1/32 of the network's input,
+    # ... but into no fewer than 4 cells a side where the block's output has them: at low
+    # input resolutions (64 px) deep branches would otherwise see 1x1 maps. Chosen on
+    # validation accuracy (docs/benchmarks.md); a backbone's manifest entry may override it.
+    "min_cells": 4,
     "attention": "channel+spatial",
     "upsample": "block",     # "block": each cell back onto the pixels it pooled; "bilinear"
+    # Also train the frozen units' BN shifts (TinyTL-B inside DA2): a bias gradient is the
+    # sum of the output gradient, so it keeps no activation.
+    "train_biases": False,
 }
 UPSAMPLE_MODES = ("block", "bilinear")
+# Settings added after the first release, with the value every adapter saved before them
+# was trained with: a saved config that lacks one means this, whatever the default is now.
+LEGACY_SETTINGS = {"min_cells": 0, "train_biases": False}
 
 
 def da2_settings(overrides: Dict[str, object]) -> Dict[str, object]:
@@ -46,10 +56,18 @@ def da2_settings(overrides: Dict[str, object]) -> Dict[str, object]:
         raise ValueError("attention must be one of %s" % ", ".join(ATTENTION_FORMS))
     if settings["upsample"] not in UPSAMPLE_MODES:
         raise ValueError("upsample must be one of %s" % ", ".join(UPSAMPLE_MODES))
+    if not isinstance(settings["train_biases"], bool):
+        raise ValueError("train_biases must be true or false")
     for key in ("reduction", "min_channels", "max_channels", "pool", "min_branch_stride"):
-        if not isinstance(settings[key], int) or settings[key] < 1:
+        if not _is_int(settings[key]) or settings[key] < 1:
             raise ValueError("%s must be a positive integer" % key)
+    if not _is_int(settings["min_cells"]) or settings["min_cells"] < 0:
+        raise ValueError("min_cells must be a non-negative integer")
     return settings
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _pooled_size(size: Sequence[int], factor: int) -> Tuple[int, int]:
@@ -103,7 +121,9 @@ class DA2Adapter(nn.Module):
         # Early, high-resolution blocks pool harder: every branch map stays as coarse as the
         # deepest stage's, which bounds the pooled inputs the branch must keep.
         coarsest = -(-int(settings["min_branch_stride"]) // out_stride)
-        self.pool = stride * max(int(settings["pool"]), coarsest)
+        self.stride = stride
+        self.output_pool = max(int(settings["pool"]), coarsest)  # output pixels a cell, a side
+        self.min_cells = int(settings["min_cells"])
         self.upsample = str(settings["upsample"])
         self.reduce = nn.Conv2d(in_channels, width, 1, bias=True)
         self.tail = nn.Sequential(BranchAttention(width, str(settings["attention"])),
@@ -115,9 +135,21 @@ class DA2Adapter(nn.Module):
     def attention(self) -> BranchAttention:
         return self.tail[0]
 
+    def pool_factor(self, size: Sequence[int]) -> int:
+        """How much the branch pools the block's input ``x`` of spatial ``size``: by
+        output_pool output pixels a cell, but by no more than out_side / min_cells (rounded
+        up), so that the branch keeps about min_cells cells a side where the block's output
+        has them: small inputs keep some spatial detail."""
+        factor = self.output_pool
+        if self.min_cells:
+            out_side = -(-min(size[-2:]) // self.stride)
+            factor = max(1, min(factor, -(-out_side // self.min_cells)))
+        return self.stride * factor
+
     def forward(self, x: torch.Tensor, out: torch.Tensor, lean: bool) -> torch.Tensor:
         """``out`` (the block's output, fresh) plus this adapter's contribution."""
-        h = F.relu(self.reduce(lean_ops.avg_pool(x, self.pool, lean)))
+        pool = self.pool_factor(x.shape)
+        h = F.relu(self.reduce(lean_ops.avg_pool(x, pool, lean)))
         # Lean: the attention + expand tail keeps only h and is recomputed in backward.
         a = lean_ops.recompute(self.tail, h) if lean else self.tail(h)
         if self.upsample == "block":
@@ -127,10 +159,11 @@ class DA2Adapter(nn.Module):
 
     def activation_rule(self, x: torch.Tensor, result: torch.Tensor, block_output=None):
         """(path, storage, bytes) the branch keeps; called by memory.py's forward hook."""
-        height, width = _pooled_size(x.shape[-2:], self.pool)
+        pool = self.pool_factor(x.shape)
+        height, width = _pooled_size(x.shape[-2:], pool)
         pooled = x.shape[0] * x.shape[1] * height * width
         hidden = x.shape[0] * self.reduce.out_channels * height * width
-        pooled_is_x = lean_ops.pool_kernel(x.shape[-2:], self.pool) == (1, 1)
+        pooled_is_x = lean_ops.pool_kernel(x.shape[-2:], pool) == (1, 1)
         if x.requires_grad and not pooled_is_x:
             yield "plain", x, x.numel() * FP32  # avg_pool2d keeps its whole input
         tail = self.attention.saved_bytes(hidden, self.reduce.out_channels,

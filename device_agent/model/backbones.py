@@ -19,6 +19,7 @@ from device_agent.manifest import (  # noqa: F401 (re-exported: the model room's
     load_manifest,
     weight_candidates,
 )
+from device_agent.model import safetensors_io
 from device_agent.model.layers import Backbone, Block, ConvUnit, MaxPoolUnit
 
 RANDOM = "random"
@@ -104,12 +105,23 @@ def mobilenet_v2() -> Backbone:
     return _from_torchvision("mobilenet_v2", _mobilenet_v2)
 
 
+def mobilenet_v2_keras() -> Backbone:
+    """MobileNetV2 in torchvision's layout, computing as Keras' does: TF "same" padding
+    (asymmetric on stride-2 convs) and BN eps 1e-3, for weights converted from Keras."""
+    backbone = _from_torchvision("mobilenet_v2", _mobilenet_v2)
+    for unit in backbone.conv_units():
+        unit.conv.padding = (0, 0)
+        unit.same_padding = True
+        unit.bn.eps = _KERAS_BN_EPS
+    return backbone
+
+
 # EfficientNet-Lite0 (Tan & Le, 2019; lite variant: ReLU6, no squeeze-excite, fixed stem
 # and head): repeats, kernel, stride, expand ratio, in, out -- as in the TF lite builder.
 _LITE0_BLOCKS = [(1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40),
                  (3, 3, 2, 6, 40, 80), (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192),
                  (1, 3, 1, 6, 192, 320)]
-_LITE_BN_EPS = 1e-3
+_LITE_BN_EPS = _KERAS_BN_EPS = 1e-3
 
 
 def _same_unit(cin: int, cout: int, kernel: int, stride: int, act: Optional[str],
@@ -159,12 +171,16 @@ def _lite_key_map(backbone: Backbone) -> Dict[str, str]:
 BUILDERS = {
     "efficientnet_lite0": efficientnet_lite0,
     "mobilenet_v2": mobilenet_v2,
+    "mobilenet_v2_keras": mobilenet_v2_keras,
     "resnet18": resnet18,
     "resnet50": resnet50,
 }  # type: Dict[str, Callable[[], Backbone]]
 
 
 def _torch_load(path: str) -> Dict[str, torch.Tensor]:
+    if path.endswith(".safetensors"):  # converted files: plain tensors, nothing to unpickle
+        with open(path, "rb") as handle:
+            return safetensors_io.loads(handle.read())[0]
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except TypeError:  # torch < 1.13 has no weights_only; the file's hash was checked first
@@ -208,4 +224,5 @@ def build_backbone(name: str, weights: Optional[str] = None) -> Tuple[Backbone, 
         _load_state(backbone, _torch_load(path))
     for param in backbone.parameters():
         param.requires_grad_(False)
+    backbone.da2_defaults = dict(info.get("da2_settings", {}))
     return backbone.eval().fold(), info

@@ -11,7 +11,7 @@ pool, residual blocks and head units. Each stage runs on one of two paths:
 Each stage also states, per path, which tensors autograd keeps (``activation_rule``); the
 analytic estimator in memory.py adds those up (like TinyTL's profiler, per layer).
 """
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -269,6 +269,8 @@ class Backbone(nn.Module):
         self.name = name
         self.stages = nn.ModuleList(stages)
         self.feature_dim = feature_dim
+        # DA2 settings this backbone's manifest entry sets apart from DA2_DEFAULTS
+        self.da2_defaults: Dict[str, object] = {}
         out_stride = 1
         for stage in stages:
             out_stride *= _stage_stride(stage)

@@ -71,8 +71,14 @@ class DomainModule(nn.Module):
         if num_classes < 2:
             raise InvalidInput("a domain needs at least 2 classes, got %d" % num_classes)
         self.method = get_method(method)
-        self.adapter_settings = da2_settings(adapter_settings or {}) \
-            if self.method.adapter == "da2" else {}
+        if adapter_settings and self.method.adapter != "da2":
+            raise InvalidInput("adapter settings are for da2, not %s" % method)
+        try:
+            self.adapter_settings = da2_settings(
+                dict(backbone.da2_defaults, **(adapter_settings or {}))) \
+                if self.method.adapter == "da2" else {}
+        except ValueError as exc:  # InvalidInput for the CLI and the API, not a traceback
+            raise InvalidInput(str(exc)) from None
         self.train_bn = bool(train_bn)
         self.adapters = nn.ModuleDict()
         self.affine = nn.ParameterDict()
@@ -87,7 +93,11 @@ class DomainModule(nn.Module):
             self.backbone.clear_folded()
             for param in self.backbone.parameters():
                 param.requires_grad_(True)
-        affine = "gamma+beta" if self.train_bn else method.affine
+        affine = method.affine
+        if self.adapter_settings.get("train_biases"):
+            affine = "beta"
+        if self.train_bn:
+            affine = "gamma+beta"
         for unit in backbone.conv_units() if affine else ():
             if "gamma" in affine:
                 self.affine[unit.key + "__gamma"] = nn.Parameter(unit.bn.weight.detach().clone())
