@@ -17,9 +17,12 @@ import statistics
 import sys
 import time
 
-import torch
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+from device_agent.cpu_budget import configure_process  # noqa: E402
+
+configure_process()  # before torch is imported: passive OpenMP waits (--threads sets the count)
+import torch  # noqa: E402
 
 from device_agent.model.builder import build_net  # noqa: E402
 from device_agent.training.profile import measure_peak_step, memory_report  # noqa: E402

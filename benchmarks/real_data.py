@@ -20,10 +20,13 @@ import sys
 import time
 from collections import OrderedDict
 
-import torch
-
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 sys.path.insert(0, ROOT)
+
+from device_agent.cpu_budget import configure_process  # noqa: E402
+
+THREADS = configure_process()  # before torch is imported: passive waits, threads = budget
+import torch  # noqa: E402
 
 from device_agent.model import adapter_io  # noqa: E402
 from device_agent.model.adapters import da2_settings  # noqa: E402
@@ -466,7 +469,8 @@ def main():
     parser.add_argument("--domains", nargs="+", default=DOMAINS, help="a slice (smoke runs)")
     args = parser.parse_args()
     METHODS[:], DOMAINS[:] = args.methods, args.domains
-    torch.set_num_threads(2)
+    print("threads: %(intra_op)d (%(chosen_by)s; usable CPUs %(usable_cpus)s, limited by "
+          "%(limited_by)s)" % THREADS.as_dict())
     results = {}
     for backbone in args.backbones:
         args.backbone, args.variants = backbone, backbone in args.variants_on

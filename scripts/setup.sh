@@ -1,29 +1,16 @@
 #!/usr/bin/env bash
-# Create (once) and activate the development environment; safe to source or run.
-# The virtual environment lives outside the checkout, keyed by a hash of what it installs,
-# so a rerun on the same machine (or a fresh clone there) reuses it in seconds.
-set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PYTHON="${PYTHON:-python3}"
-case "$(uname -m)" in
-  x86_64) TORCH_PINS="torch==2.14.1 torchvision==0.29.1" ;;  # these wheels lie on this disk
-  aarch64) TORCH_PINS="torch==2.9.1 torchvision==0.24.1" ;;
-  *) TORCH_PINS="torch torchvision" ;;
-esac
-KEY="$( (cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh"; "$PYTHON" --version) | sha256sum | cut -c1-12)"
-VENV="${DEVICE_AGENT_VENV:-$HOME/.cache/device-agent/venv-$KEY}"
-if [ ! -f "$VENV/.ready" ]; then
-  echo "setting up $VENV (first run: a few minutes)" >&2
-  rm -rf "$VENV"
-  "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
-  # shellcheck disable=SC2086
-  "$VENV/bin/pip" install -q $TORCH_PINS
-  "$VENV/bin/pip" install -q -e "$ROOT[weights,demo,dev,bench,api,browser]"
-  touch "$VENV/.ready"
+# Create (once) and activate the development environment; safe to run or to source. Sourced
+# (`source scripts/setup.sh`), it puts the environment's bin/ (device-agent, python, pytest,
+# ruff) first on the calling shell's PATH, exports DEVICE_AGENT_VENV (its path), and leaves
+# that shell's options as they were: the work runs in its own process
+# (scripts/make-venv.sh, under `set -euo pipefail`), so a failure cannot close your terminal.
+if DEVICE_AGENT_VENV="$(bash "$(dirname "${BASH_SOURCE[0]}")/make-venv.sh")"; then
+  export DEVICE_AGENT_VENV
+  export PATH="$DEVICE_AGENT_VENV/bin:$PATH"
+else
+  unset DEVICE_AGENT_VENV
+  echo "setup.sh: the development environment could not be set up (see above)" >&2
+  # `return` when sourced, `exit` when run
+  # shellcheck disable=SC2317
+  return 1 2>/dev/null || exit 1
 fi
-# Point the editable install at this checkout (the cached venv may have served another).
-"$VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$ROOT" >/dev/null 2>&1 \
-  || "$VENV/bin/pip" install -q --no-deps -e "$ROOT"
-export PATH="$VENV/bin:$PATH"
-export DEVICE_AGENT_VENV="$VENV"

@@ -3,31 +3,31 @@
 # JetPack 4's python3.8 and JetPack 5 install). The worker those tests spawn runs on another
 # interpreter -- the development venv's, which has torch -- exactly as on JetPack 4, where the
 # API runs on python3.8 and the worker on python3.6 (DEVICE_AGENT_WORKER_PYTHON).
-# Skipped when no Python 3.8 is found. Usage: scripts/test-py38.sh [pytest args]
+# Without a Python 3.8 interpreter this stage says where it looked and is skipped (exit 77; in
+# CI it fails). Usage: scripts/test-py38.sh [pytest args]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PY38="${PY38:-}"
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
+PY38="${PY38:-$(find_python 3.8 || true)}"
 if [ -z "$PY38" ]; then
-  for candidate in "$HOME"/.pyenv/versions/3.8*/bin/python3.8 "$(command -v python3.8 || true)"; do
-    if [ -x "$candidate" ] && "$candidate" --version >/dev/null 2>&1; then
-      PY38="$candidate"; break
-    fi
-  done
-fi
-if [ -z "$PY38" ]; then
-  echo "skipping the Python 3.8 API stage: no python3.8 found" >&2
-  exit 0
+  stage_unavailable test-py38 "no Python 3.8 interpreter: $(where_python_was_sought 3.8)"
 fi
 WORKER_PYTHON="${DEVICE_AGENT_WORKER_PYTHON:-$(command -v python)}"
-KEY="$( (cat "$ROOT/deploy/requirements-api.txt" "$0"; "$PY38" --version) | sha256sum | cut -c1-12)"
+PIP_PIN="pip<25"
+TEST_PACKAGES="pytest pillow numpy"
+# keyed by what it installs (not by this script's text: a comment must not cost a rebuild)
+KEY="$( (cat "$ROOT/deploy/requirements-api.txt"; echo "$PIP_PIN $TEST_PACKAGES"
+         "$PY38" --version) | sha256sum | cut -c1-12)"
 VENV="$HOME/.cache/device-agent/py38-$KEY"
 if [ ! -f "$VENV/.ready" ]; then
   echo "setting up $VENV (first run)" >&2
   rm -rf "$VENV"
   "$PY38" -m venv "$VENV"
   LOG="$VENV.log"
-  { "$VENV/bin/pip" install -q --upgrade "pip<25" \
-    && "$VENV/bin/pip" install -q -r "$ROOT/deploy/requirements-api.txt" pytest pillow numpy; } \
+  # shellcheck disable=SC2086
+  { "$VENV/bin/pip" install -q --upgrade "$PIP_PIN" \
+    && "$VENV/bin/pip" install -q -r "$ROOT/deploy/requirements-api.txt" $TEST_PACKAGES; } \
     >"$LOG" 2>&1 || { cat "$LOG" >&2; exit 1; }
   touch "$VENV/.ready"
 fi
@@ -35,4 +35,5 @@ echo "API side on $("$VENV/bin/python" --version) with pinned deps; worker on $W
 cd "$ROOT"
 DEVICE_AGENT_WORKER_PYTHON="$WORKER_PYTHON" PYTHONPATH="$ROOT" "$VENV/bin/python" -m pytest -q \
   -p no:cacheprovider tests/test_api.py tests/test_telemetry.py tests/test_store.py \
-  tests/test_datasets.py tests/test_protocol.py "$@"
+  tests/test_datasets.py tests/test_protocol.py tests/test_docs_offline.py tests/test_client.py \
+  "$@"

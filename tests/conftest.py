@@ -2,12 +2,15 @@ import os
 
 import pytest
 
+from device_agent.cpu_budget import configure_process
+
+# The suite runs on busy machines too: passive OpenMP waiting and threads sized to the CPUs
+# this process may use, set before torch is imported (device_agent.cpu_budget says why).
+configure_process()
 try:  # the API-side stage (Python 3.8, scripts/test-py38.sh) runs without torch
     import torch
 except ImportError:
     torch = None
-else:
-    torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +35,23 @@ def small_folder(tmp_path):
         for i in range(6):
             shade = tuple(max(0, c - 8 * i) for c in rgb)
             Image.new("RGB", (24, 24), shade).save(str(tmp_path / name / ("%d.png" % i)))
+    return str(tmp_path)
+
+
+@pytest.fixture
+def textured_folder(tmp_path):
+    """A tiny 3-class ImageFolder of seeded noise over a class colour: every random crop and
+    flip gives another tensor, so a test can see whether two runs drew the same ones."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    for label, rgb in enumerate(((220, 30, 30), (30, 200, 40), (30, 40, 220))):
+        os.makedirs(str(tmp_path / str(label)))
+        for i in range(6):
+            pixels = np.clip(np.array(rgb) + rng.randint(-60, 60, (24, 24, 3)), 0, 255)
+            Image.fromarray(pixels.astype("uint8")).save(str(tmp_path / str(label)
+                                                             / ("%d.png" % i)))
     return str(tmp_path)
 
 

@@ -300,9 +300,12 @@ def test_push_and_status_from_the_command_line(server, small_folder):
     assert table.returncode == 0 and "pushed" in table.stdout and "ready" in table.stdout
     refused = cli("status", "--server", base, "--token", "wrong")
     assert refused.returncode == 1 and "401" in refused.stderr
-    missing = cli("push", small_folder, "--domain", "Bad/Name", "--server", base, "--token",
-                  TOKEN)
-    assert missing.returncode != 0 and "HTTP 4" in missing.stderr
+    bad_name = cli("push", small_folder, "--domain", "Bad/Name", "--server", base, "--token",
+                   TOKEN)  # refused by the client with the server's own rule, nothing sent
+    assert bad_name.returncode == 2 and "'Bad/Name' is not a domain name" in bad_name.stderr
+    wrong_token = cli("push", small_folder, "--domain", "pushed2", "--server", base,
+                      "--token", "wrong")
+    assert wrong_token.returncode == 1 and "HTTP 401" in wrong_token.stderr
     unreachable = cli("status", "--server", "http://127.0.0.1:%d" % free_port(), "--token", "t")
     assert unreachable.returncode == 5 and "cannot reach" in unreachable.stderr
 

@@ -84,3 +84,29 @@ def test_missing_weights_name_the_file(small_folder, tmp_path):
     assert proc.returncode == 3
     assert "resnet18-f37072fd.pth" in proc.stderr and "To provision" in proc.stderr
     assert not os.path.exists(str(tmp_path / "o"))
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("args,code,message", [
+    (["status", "a?b"], 2, "'a?b' is not a domain name: domain names are 1-63 characters"),
+    (["status", "a b", "--json"], 2, "'a b' is not a domain name"),
+    # the name is checked before the folder is even looked at
+    (["push", "/nonexistent", "--domain", "Bad/Name"], 2, "'Bad/Name' is not a domain name"),
+    (["push", "/nonexistent", "--domain", "fine"], 2, "/nonexistent is not a directory"),
+    (["status"], 5, "cannot reach http://127.0.0.1:"),
+    (["status", "--server", "localhost:8470"], 2, "the server must be a URL like"),
+])
+def test_client_errors_are_one_line_and_an_exit_code(args, code, message):
+    if "--server" not in args:
+        args = args + ["--server", "http://127.0.0.1:%d" % _closed_port()]
+    proc = cli(*(args + ["--token", "t"]))
+    assert proc.returncode == code, proc.stderr
+    [line] = proc.stderr.splitlines()  # one line, no traceback
+    assert line.startswith("error: ") and message in line

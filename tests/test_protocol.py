@@ -8,11 +8,13 @@ from device_agent.errors import InvalidInput
 from device_agent.protocol import framing, messages
 from device_agent.protocol.framing import ProtocolError
 
+V = messages.PROTOCOL_VERSION
+
 
 def test_frame_bytes_are_exactly_the_documented_layout():
     header = messages.make("cancel", 7, job_id="j1")
     data = framing.encode(header, b"\x01\x02")
-    body = b'{"v":1,"kind":"cancel","id":7,"job_id":"j1"}'
+    body = b'{"v":2,"kind":"cancel","id":7,"job_id":"j1"}'
     assert data == struct.pack(">IQ", len(body), 2) + body + b"\x01\x02"
 
 
@@ -48,15 +50,15 @@ def test_hostile_frames_are_refused(data):
 
 
 @pytest.mark.parametrize("header,message", [
-    ({"v": 2, "kind": "status", "id": 1}, "protocol version"),
-    ({"v": 1, "kind": "rm -rf", "id": 1}, "unknown message kind"),
-    ({"v": 1, "kind": "status", "id": -1}, "non-negative"),
-    ({"v": 1, "kind": "status", "id": True}, "non-negative"),
-    ({"v": 1, "kind": "cancel", "id": 1}, "lacks 'job_id'"),
-    ({"v": 1, "kind": "cancel", "id": 1, "job_id": 5}, "must be str"),
-    ({"v": 1, "kind": "predict", "id": 1, "domain": "d", "adapter_dir": "a", "top_k": False,
+    ({"v": V + 1, "kind": "status", "id": 1}, "protocol version"),
+    ({"v": V, "kind": "rm -rf", "id": 1}, "unknown message kind"),
+    ({"v": V, "kind": "status", "id": -1}, "non-negative"),
+    ({"v": V, "kind": "status", "id": True}, "non-negative"),
+    ({"v": V, "kind": "cancel", "id": 1}, "lacks 'job_id'"),
+    ({"v": V, "kind": "cancel", "id": 1, "job_id": 5}, "must be str"),
+    ({"v": V, "kind": "predict", "id": 1, "domain": "d", "adapter_dir": "a", "top_k": False,
       "parts": []}, "must be int"),
-    ({"v": 1, "kind": "status", "id": 1, "extra": 1}, "unknown fields"),
+    ({"v": V, "kind": "status", "id": 1, "extra": 1}, "unknown fields"),
 ])
 def test_malformed_messages_are_refused(header, message):
     with pytest.raises(ProtocolError, match=message):

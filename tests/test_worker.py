@@ -8,7 +8,7 @@ import sys
 import pytest
 from PIL import Image
 
-from device_agent.protocol import framing
+from device_agent.protocol import framing, messages
 from device_agent.protocol.peer import Peer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,7 +22,7 @@ def worker():
                             env=dict(os.environ, PYTHONPATH=ROOT))
     peer = Peer(proc.stdout, proc.stdin)
     hello, _ = peer.receive()
-    assert hello["kind"] == "hello" and hello["protocol"] == 1
+    assert hello["kind"] == "hello" and hello["protocol"] == messages.PROTOCOL_VERSION
     yield proc, peer
     if proc.poll() is None:
         proc.kill()

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from device_agent import __version__
 from device_agent.api.auth import load_token, require_token
+from device_agent.api.docs import SecurityHeaders, add_docs
 from device_agent.api.limits import BodyLimit
 from device_agent.api.metrics import Metrics
 from device_agent.api.problems import problem
@@ -20,6 +21,7 @@ from device_agent.api.routers import dashboard, datasets, domains, jobs, system,
 from device_agent.api.schemas import ERROR_RESPONSES
 from device_agent.api.settings import Settings
 from device_agent.api.timing import RequestTiming
+from device_agent.cpu_budget import THREADS_ENV
 from device_agent.daemon.runner import JobRunner
 from device_agent.daemon.supervisor import WorkerSupervisor
 from device_agent.errors import AgentError
@@ -53,6 +55,8 @@ def create_app(settings: Settings) -> FastAPI:
 
             seed_demo_domain(store, paths)
         env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
+        if settings.threads:  # else the worker sizes its threads to its own CPU budget
+            env[THREADS_ENV] = str(settings.threads)
         supervisor = WorkerSupervisor(worker_command(settings), runner.on_event,
                                       runner.on_worker_exit, env=env)
         runner.attach(supervisor)
@@ -73,6 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
             store.close()
 
     app = FastAPI(title="device-agent", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # add_docs: served offline, not from a CDN
                   description="On-device DA2 adapter training for Jetson boards. Every /v1 "
                               "route needs `Authorization: Bearer <token>`.")
     app.state.settings, app.state.paths = settings, paths
@@ -81,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
                        + FORM_OVERHEAD)
     app.add_middleware(RequestTiming, histogram_for=lambda scope: getattr(
         getattr(app.state, "metrics", None), "http", None))
+    app.add_middleware(SecurityHeaders)  # outermost: every answer, early refusals included
 
     @app.exception_handler(AgentError)
     async def agent_error(request: Request, exc: AgentError) -> JSONResponse:
@@ -91,6 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg")} for e in exc.errors()]
         return problem(422, "invalid_request", errors)
 
+    add_docs(app)
     app.include_router(system.router)
     app.include_router(dashboard.router)
     for router in (datasets.router, jobs.router, domains.router, telemetry.router):

@@ -30,19 +30,40 @@ class Metrics(object):
                               buckets=JOB_BUCKETS, registry=self.registry)
         self.registry.register(_BoardCollector(sampler, store))
         self.started = {}  # type: Dict[str, float]
+        self.training_cpu = {}  # type: Dict[str, float]  the running job's latest figures
+        self.registry.register(_TrainingCpuCollector(self.training_cpu))
 
     def observe_event(self, job_id: str, event: Dict[str, object]) -> None:
         """A worker event as the runner saw it."""
         kind = event.get("event")
         for ms in event.get("step_ms_recent") or []:
             self.steps.observe(ms / 1000.0)
+        cpu = event.get("cpu") or {}
+        if cpu.get("cpu_share") is not None:
+            self.training_cpu.update(share=cpu["cpu_share"], threads=cpu.get("intra_op"))
         if kind == "start":
             self.started[job_id] = time.time()
         elif kind in ("finished", "failed", "cancelled"):
+            self.training_cpu.clear()
             began = self.started.pop(job_id, None)
             if began is not None:
                 state = {"finished": "succeeded"}.get(str(kind), str(kind))
                 self.jobs.labels(state).observe(time.time() - began)
+
+
+class _TrainingCpuCollector(object):
+    """The running job's threads and CPU share (absent between jobs): a starved job shows
+    as a share far below 1 (README: Sharing the CPU)."""
+
+    def __init__(self, figures: Dict[str, float]) -> None:
+        self.figures = figures
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        figures = dict(self.figures)
+        yield _gauge("device_agent_train_cpu_share", "CPU the running job got, as a share of "
+                     "its threads' CPUs (0-1)", figures.get("share"))
+        yield _gauge("device_agent_train_threads", "intra-op threads of the running job",
+                     figures.get("threads"))
 
 
 class _BoardCollector(object):

@@ -143,6 +143,41 @@ class JobLatency(BaseModel):
     images_per_sec: Optional[float] = Field(None, description="training throughput")
 
 
+class JobCpu(BaseModel):
+    """The worker's thread policy and the CPU the job got: a slow job says why."""
+
+    intra_op: Optional[int] = Field(None, description="the most torch intra-op threads the "
+                                                      "worker runs")
+    threads_in_use: Optional[int] = Field(None, description="the job's intra-op threads now "
+                                                            "(the tuner's choice)")
+    adaptive: Optional[bool] = Field(None, description="the count is measured and tuned "
+                                                       "between steps (false: fixed)")
+    tuned_rates: Optional[Dict[str, float]] = Field(None, description="images/s last "
+                                                                      "measured per count")
+    thread_switches: Optional[int] = Field(None, description="times the tuner changed count")
+    wait_policy: Optional[str] = Field(None, description="OpenMP's wait policy (an "
+                                                         "operator's OMP_WAIT_POLICY, or the "
+                                                         "default)")
+    inter_op: Optional[int] = Field(None, description="torch inter-op threads")
+    predict_while_training: Optional[int] = Field(None, description="intra-op threads of a "
+                                                                    "prediction beside a job")
+    chosen_by: Optional[str] = Field(None, description="\"cpu budget\", or the variable "
+                                                       "that set the count "
+                                                       "(DEVICE_AGENT_THREADS, OMP_NUM_THREADS)")
+    host_cpus: Optional[int] = Field(None, description="CPUs of the machine")
+    affinity_cpus: Optional[int] = Field(None, description="CPUs the worker may run on")
+    quota_cpus: Optional[float] = Field(None, description="the cgroup CPU quota, in CPUs "
+                                                          "(null: none)")
+    usable_cpus: Optional[float] = Field(None, description="the smaller of the two")
+    limited_by: Optional[str] = Field(None, description="host, affinity or cgroup quota")
+    cpu_used: Optional[float] = Field(None, description="CPUs the worker used (CPU seconds "
+                                                        "per second; recent while running, "
+                                                        "the job's mean once done)")
+    cpu_share: Optional[float] = Field(None, description="cpu_used / threads in use: near 1, "
+                                                         "the job had its cores; far below, "
+                                                         "other work took them")
+
+
 class JobTelemetry(BaseModel):
     """What the job did to the board, from the telemetry samples taken while it ran."""
 
@@ -178,6 +213,8 @@ class Job(BaseModel):
     val_top1: Optional[float] = Field(None, description="the kept (best) epoch's top-1")
     memory: JobMemory = Field(..., description="planned and measured training memory")
     latency: JobLatency = Field(..., description="training step latency and throughput")
+    cpu: JobCpu = Field(default_factory=JobCpu, description="threads and the CPU share the "
+                                                           "job got")
     adapter_bytes: Optional[int] = Field(None, description="size of the trained adapter file")
     trainable_params: Optional[int] = Field(None, description="parameters the job trained")
     telemetry: JobTelemetry = Field(..., description="peaks, power and energy while it ran")
@@ -226,6 +263,7 @@ class WorkerHealth(BaseModel):
     restarts: int = Field(..., description="worker restarts since the daemon started")
     last_exit_code: Optional[int] = Field(None, description="negative: killed by that signal")
     worker: Optional[Dict[str, str]] = Field(None, description="python, torch, device")
+    threads: Optional[JobCpu] = Field(None, description="the worker's thread policy")
 
 
 class Health(BaseModel):

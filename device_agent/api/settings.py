@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     max_files: int = Field(50000, ge=1, description="most files in one dataset archive")
     max_pixels: int = Field(40000000, ge=1, description="largest image, in pixels")
     max_predict_images: int = Field(32, ge=1, description="most images in one predict call")
+    threads: int = Field(0, ge=0, le=1024, description="the worker's torch threads (0: the "
+                                                        "CPUs its affinity and cgroup quota "
+                                                        "allow)")
     memory_limit_mb: int = Field(0, ge=0, description="default per-job memory ceiling in MB "
                                                       "(0: what MemAvailable leaves)")
     telemetry_source: Literal["auto", "jtop", "tegrastats", "linux", "replay"] = Field(

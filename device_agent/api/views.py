@@ -38,6 +38,7 @@ def job_view(record: Dict[str, object]) -> Dict[str, object]:
         "val_top1": report.get("val_top1"),
         "memory": memory,
         "latency": {k: latest.get(k) for k in _LATENCY},
+        "cpu": latest.get("cpu") or {},
         "adapter_bytes": report.get("adapter_bytes"),
         "trainable_params": report.get("trainable_params"),
         "telemetry": dict(record.get("telemetry") or {}, duration_s=_duration(record)),

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 from device_agent import __version__
 from device_agent.client import DEFAULT_SERVER
+from device_agent.cpu_budget import configure_process
 from device_agent.errors import AgentError
 
 BACKBONE_DEFAULT = "efficientnet_lite0"
@@ -69,7 +70,7 @@ def _add_demo(commands) -> None:
     p = commands.add_parser("demo", help="start the daemon with a demo domain (real digits), "
                                          "follow its training, predict; no network")
     p.add_argument("--data-dir", default="runs/demo", help="the demo daemon's data dir")
-    p.add_argument("--port", type=int, default=0, help="default: a free port")
+    p.add_argument("--port", type=int, default=0, help="default: 8470, else a free port")
     p.add_argument("--device", default="auto", help="the worker's: auto, cpu, cuda")
     p.add_argument("--weights", help="'random': untrained backbone (tests only)")
     p.add_argument("--exit", action="store_true", help="stop the daemon after the prediction")
@@ -155,6 +156,9 @@ def _add_serve(commands) -> None:
     p.add_argument("--worker-weights", help="'random': untrained backbones (tests only)")
     p.add_argument("--memory-limit-mb", type=int,
                    help="default per-job memory ceiling (0: what MemAvailable leaves)")
+    p.add_argument("--threads", type=int,
+                   help="fix the worker's torch threads (default 0: tuned within the CPUs its "
+                        "affinity and cgroup quota allow; README: Sharing the CPU)")
     p.add_argument("--demo", action="store_true", default=None,
                    help="upload the demo domain (digits) at start and queue its training")
 
@@ -183,7 +187,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         from device_agent.cli import telemetry_command as commands
     elif args.command == "models":
         from device_agent.cli import models_command as commands
-    else:
+    else:  # the torch side: its thread policy must be in place before torch is imported
+        try:
+            configure_process()
+        except AgentError as exc:
+            print("error: %s" % exc.message, file=sys.stderr)
+            return exc.exit_code
         from device_agent.cli import model_commands as commands
     handler = getattr(commands, "run_" + args.command)
     try:

@@ -1,6 +1,7 @@
 """Commands that talk to a running daemon over HTTP: push, status, demo (no torch)."""
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -8,11 +9,19 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from device_agent.cli.progress import JobProgress
-from device_agent.client import Client, ServerUnreachable, archive_folder, resolve_token
+from device_agent.client import (
+    DEFAULT_SERVER,
+    Client,
+    ServerUnreachable,
+    archive_folder,
+    domain_path,
+    resolve_token,
+)
 from device_agent.errors import AgentError
+from device_agent.store.layout import DataPaths
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 JOB_FLAGS = ("method", "backbone", "epochs", "batch_size", "resolution", "lr",
@@ -23,9 +32,12 @@ def _client(args) -> Client:
     return Client(args.server, resolve_token(args.token))
 
 
-def follow(client: Client, job_id: str, interval: float = 1.0) -> Dict[str, object]:
-    """Poll the job until it ends, drawing its progress; returns its last record."""
+def follow(client: Client, job_id: str, interval: float = 1.0,
+           epochs_shown: int = 0) -> Dict[str, object]:
+    """Poll the job until it ends, drawing its progress; returns its last record.
+    ``epochs_shown``: epochs already reported (a resumed job's), not printed again."""
     render = JobProgress()
+    render.epochs_shown = epochs_shown
     while True:
         job = client.job(job_id)
         render(job)
@@ -43,6 +55,7 @@ def job_params(args) -> Dict[str, object]:
 
 def run_push(args) -> int:
     client = _client(args)
+    domain_path(args.domain)  # a bad name fails here, before the folder is archived
     archive = archive_folder(args.data_dir)
     try:
         summary = client.upload_dataset(args.domain, archive)
@@ -136,10 +149,66 @@ def _fmt(value) -> str:
 
 # --- the demo: the daemon, a real domain, a prediction ------------------------------------
 
-def _free_port() -> int:
+def _demo_port() -> int:
+    """serve's default port when it is free, so the README's examples apply as written; else
+    any free port (another daemon serves there). The demo prints the one it took."""
+    default = int(DEFAULT_SERVER.rsplit(":", 1)[1])
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        try:
+            sock.bind(("127.0.0.1", default))
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def _launcher() -> str:
+    """A command that runs this very installation from any shell, whatever its PATH: the
+    console script beside this interpreter (the virtual environment's), else ``python -m``."""
+    script = os.path.join(os.path.dirname(sys.executable), "device-agent")
+    if os.path.isfile(script) and os.access(script, os.X_OK):
+        return shlex.quote(script)
+    return "%s -m device_agent" % shlex.quote(sys.executable)
+
+
+def demo_hints(port: int, data_dir: str, domain: str) -> List[str]:
+    """Commands that work as printed, pasted into any shell, while the demo daemon runs."""
+    server = "http://127.0.0.1:%d" % port
+    token_file = shlex.quote(DataPaths(data_dir).token)
+    return ['%s status %s --server %s --token "$(cat %s)"' % (_launcher(), domain, server,
+                                                              token_file),
+            'curl -H "Authorization: Bearer $(cat %s)" %s/v1/domains/%s' % (token_file, server,
+                                                                           domain)]
+
+
+def demo_job(client: Client, jobs: List[Dict[str, object]],
+             resuming: bool) -> Optional[Dict[str, object]]:
+    """The demo domain's latest job (``jobs`` oldest first), followed to its end. An earlier
+    demo's job is said to be one: when it already ended it is shown as it ended, and when
+    it resumes only its new epochs are printed (none is replayed as if it were new)."""
+    if not jobs:
+        return None
+    latest = jobs[-1]
+    done = len(latest["history"]) if resuming else 0
+    if resuming and latest["state"] in TERMINAL:
+        print("its training ran in the earlier demo: job %s %s" % (latest["id"],
+                                                                   latest["state"]))
+        return latest
+    if done:
+        print("resuming job %s after epoch %d of %s" % (latest["id"], done,
+                                                        latest["progress"]["epochs"]))
+    return follow(client, latest["id"], epochs_shown=done)
+
+
+def _read_token(path: str, proc: subprocess.Popen, timeout: float = 60) -> str:
+    deadline = time.time() + timeout
+    while not os.path.exists(path):
+        if proc.poll() is not None:
+            raise AgentError("the daemon exited with code %s" % proc.returncode)
+        if time.time() > deadline:
+            raise AgentError("the daemon wrote no token into %s in %d s" % (path, timeout))
+        time.sleep(0.2)
+    with open(path) as handle:
+        return handle.read().strip()
 
 
 def _wait_ready(client: Client, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -163,26 +232,33 @@ def run_demo(args) -> int:
     from device_agent.demo import write_digits_folder
 
     data_dir = os.path.abspath(args.data_dir)
-    port = args.port or _free_port()
+    paths = DataPaths(data_dir)
+    resuming = os.path.exists(paths.database)
+    if resuming:
+        print("%s holds an earlier demo: resuming it as it is (delete that folder for a "
+              "fresh start)" % data_dir, flush=True)
+    port = args.port or _demo_port()
     command = [sys.executable, "-m", "device_agent", "serve", "--demo", "--data-dir", data_dir,
                "--port", str(port), "--worker-device", args.device]
     if args.weights:
         command += ["--worker-weights", args.weights]
     print("$ device-agent %s" % " ".join(command[3:]), flush=True)
     proc = subprocess.Popen(command)
+    # `kill` or a closed terminal stops the daemon too (through the finally below) instead
+    # of leaving it running with nobody to stop it
+    for stop in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(stop, _exit_on_signal)
     try:
-        client = Client("http://127.0.0.1:%d" % port)
-        deadline = time.time() + 60
-        while not os.path.exists(os.path.join(data_dir, "token")) and time.time() < deadline:
-            time.sleep(0.2)
-        with open(os.path.join(data_dir, "token")) as handle:
-            client.token = handle.read().strip()
+        client = Client("http://127.0.0.1:%d" % port, _read_token(paths.token, proc))
         _wait_ready(client, proc)
         jobs = [j for j in client.jobs() if j["domain"] == DEMO_DOMAIN]
         print("the demo domain %r: handwritten digits (UCI, shipped in scikit-learn)"
               % DEMO_DOMAIN)
-        job = follow(client, jobs[-1]["id"]) if jobs else None
+        job = demo_job(client, jobs, resuming)
         if job is not None and _print_result(job, False) != 0:
+            if resuming:
+                print("that job is an earlier demo's: delete %s for a fresh start" % data_dir,
+                      file=sys.stderr)
             return 1
         print()
         _print_domain(client.domain(DEMO_DOMAIN))
@@ -192,12 +268,16 @@ def run_demo(args) -> int:
         for path, top in zip(samples, result["predictions"]):
             print("  a %s: %s" % (os.path.basename(os.path.dirname(path)), ", ".join(
                 "%s %.3f" % (t["class"], t["probability"]) for t in top)))
-        print("\nthe daemon serves http://127.0.0.1:%d (token in %s/token). Try:\n"
-              "  device-agent status --server http://127.0.0.1:%d --token $(cat %s/token)"
-              % (port, data_dir, port, data_dir))
-        if not args.exit:
-            print("Ctrl-C stops it.")
-            proc.wait()
+        if args.exit:
+            print("\n--exit: stopping the daemon", flush=True)
+            return 0
+        print("\nthe daemon serves http://127.0.0.1:%d (its data and token in %s). "
+              "While it runs, from any shell:" % (port, data_dir))
+        for line in demo_hints(port, data_dir, DEMO_DOMAIN):
+            print("  " + line)
+        print("  open http://127.0.0.1:%d/dashboard (it asks for the token) or /docs" % port)
+        print("Ctrl-C stops it.", flush=True)
+        proc.wait()
         return 0
     finally:
         if proc.poll() is None:
@@ -206,6 +286,10 @@ def run_demo(args) -> int:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def _exit_on_signal(number, frame) -> None:
+    raise SystemExit(128 + number)
 
 
 def _sample_digits(write_digits_folder, data_dir: str) -> List[str]:

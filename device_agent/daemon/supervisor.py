@@ -88,7 +88,8 @@ class WorkerSupervisor(object):
         return {"state": self.state, "pid": self.pid, "restarts": self.restarts,
                 "last_exit_code": self.last_exit_code,
                 "worker": {k: self.hello[k] for k in ("python", "torch", "device")}
-                if self.hello else None}
+                if self.hello else None,
+                "threads": self.hello.get("threads") if self.hello else None}
 
     def _run(self) -> None:
         attempt = 0

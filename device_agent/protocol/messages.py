@@ -10,7 +10,7 @@ from typing import Dict, List
 from device_agent.errors import AgentError
 from device_agent.protocol.framing import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: hello carries the worker's thread policy
 
 SPECS = {
     # API -> worker
@@ -21,7 +21,8 @@ SPECS = {
     "status": {},
     "shutdown": {},
     # worker -> API
-    "hello": {"agent_version": str, "protocol": int, "python": str, "torch": str, "device": str},
+    "hello": {"agent_version": str, "protocol": int, "python": str, "torch": str, "device": str,
+              "threads": dict},
     "progress": {"job_id": str, "event": dict},
     "result": {"reply_to": int, "data": dict},
     "error": {"reply_to": int, "code": str, "message": str},

@@ -27,6 +27,7 @@ from device_agent.store import atomic
 from device_agent.training import data
 from device_agent.training.memory_guard import MemoryWatch, is_out_of_memory, plan_batch
 from device_agent.training.step import make_optimizer, train_step
+from device_agent.training.threads import ThreadTuner, set_threads
 
 DEFAULT_LR = {"finetune": 1e-4, "last": 3e-3, "bn_last": 1e-3, "tinytl_bias": 1e-3,
               "tinytl_lite_residual": 1e-3, "da2": 1e-3}
@@ -113,7 +114,10 @@ class Trainer(object):
     """Trains the active domain of ``net`` on ``split``; ``out_dir`` holds the checkpoint."""
 
     def __init__(self, net: AdaptedNet, split: data.Split, config: TrainConfig, out_dir: str,
-                 on_progress: Optional[Progress] = None) -> None:
+                 on_progress: Optional[Progress] = None,
+                 tuner: Optional[ThreadTuner] = None) -> None:
+        """``tuner``: picks this thread's intra-op count step by step (a shared CPU); None
+        keeps the count in force (bit-reproducible)."""
         self.net = net
         self.split = split
         self.config = config.validate()
@@ -133,6 +137,7 @@ class Trainer(object):
         self.step_times = []  # type: List[float]
         self.batch_size = config.batch_size  # 0 until planned
         self.watch = None  # type: Optional[MemoryWatch]
+        self.tuner = tuner
 
     # --- checkpoints -------------------------------------------------------------------
 
@@ -270,9 +275,13 @@ class Trainer(object):
             for group in self.optimizer.param_groups:
                 group["lr"] = _cosine_lr(self.lr, global_step, total_steps)
             images, labels = images.to(self.device), labels.to(self.device)
+            if self.tuner is not None:
+                set_threads(self.tuner.threads())
             tick = time.time()
             loss = self._guarded_step(images, labels)
             self.step_times.append(time.time() - tick)
+            if self.tuner is not None:
+                self.tuner.record(self.step_times[-1], labels.shape[0])
             seen += labels.shape[0]
             self.clock.stepped()
             self.on_progress(self._step_event(epoch, step + 1, batches, loss, labels.shape[0]))
@@ -338,17 +347,24 @@ class Trainer(object):
 
     def _saved_activation_mb(self) -> float:
         """Saved activations of one training batch at this run's setting, measured."""
-        count = min(self.batch_size, len(self.split.train))
-        transform = data.train_transform(self.transforms)
-        images = torch.stack([transform(data.load_rgb(p)) for p, _ in self.split.train[:count]])
-        labels = torch.tensor([label for _, label in self.split.train[:count]])
-        images, labels = images.to(self.device), labels.to(self.device)
+        # Measuring must not change the run's random stream: the augmentations below draw
+        # from it too, so the state is taken before them (else a resumed run, which measures
+        # again after restoring its checkpoint's state, would drift from an uninterrupted one).
         rng = torch.get_rng_state()
-        self.net.train()
+        rng_cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         try:
+            count = min(self.batch_size, len(self.split.train))
+            transform = data.train_transform(self.transforms)
+            images = torch.stack([transform(data.load_rgb(p))
+                                  for p, _ in self.split.train[:count]])
+            labels = torch.tensor([label for _, label in self.split.train[:count]])
+            images, labels = images.to(self.device), labels.to(self.device)
+            self.net.train()
             return measure_saved_bytes(self.net, images, labels, self.config.lean) / 1e6
         finally:
-            torch.set_rng_state(rng)  # measuring must not change the run's random stream
+            torch.set_rng_state(rng)
+            if rng_cuda is not None:
+                torch.cuda.set_rng_state(rng_cuda, self.device)
 
     def _result(self, epochs: int, saved_mb: float, images_per_sec: float,
                 resumed: bool) -> Dict[str, object]:

@@ -30,7 +30,8 @@ from device_agent.training.step import make_optimizer, train_step
 def peak_step_child(spec: Dict[str, object]) -> Dict[str, object]:
     """Runs inside the child: build, warm up, then one measured step."""
     torch.manual_seed(0)
-    torch.set_num_threads(int(spec.get("threads", 2)))
+    if spec.get("threads"):  # else the thread policy its parent put in the environment
+        torch.set_num_threads(int(spec["threads"]))
     device = torch.device(str(spec.get("device", "cpu")))
     net = build_net(str(spec["backbone"]), str(spec["method"]), num_classes=10,
                     weights="random").to(device)

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 
 from device_agent import __version__
+from device_agent.cpu_budget import ThreadPolicy, plan_threads, read_budget
 from device_agent.errors import Conflict, InvalidInput
 from device_agent.model import adapter_io
 from device_agent.model.backbones import build_backbone
@@ -33,6 +34,7 @@ from device_agent.protocol.peer import Peer
 from device_agent.training import data
 from device_agent.training.inference import classify
 from device_agent.training.loop import TrainConfig, Trainer, peak_rss_mb, resolve_device
+from device_agent.training.threads import CpuMeter, ThreadTuner, apply_policy, set_threads
 
 TRAIN_FIELDS = ("epochs", "batch_size", "lr", "label_smoothing", "resolution", "seed",
                 "micro_batch", "patience", "val_fraction", "hflip", "memory_limit_mb")
@@ -50,21 +52,24 @@ def _error(exc: BaseException) -> Dict[str, str]:
 
 
 class Worker(object):
-    def __init__(self, peer: Peer, device: str = "auto", weights: Optional[str] = None) -> None:
+    def __init__(self, peer: Peer, threads: ThreadPolicy, device: str = "auto",
+                 weights: Optional[str] = None) -> None:
         self.peer = peer
+        self.threads = threads
         self.device = resolve_device(device)
         self.weights = weights  # None: the manifest's files; "random": tests only
         self.backbones = {}  # type: Dict[str, Tuple[Backbone, dict]]
         self.inference = {}  # type: Dict[str, AdaptedNet]
         self.loaded = {}  # type: Dict[str, Tuple[str, dict]]  domain -> (adapter dir, config)
         self.job = None  # type: Optional[Tuple[str, threading.Thread, threading.Event]]
+        self.predict_tuner = self._tuner(threads.intra_op)
         self.handlers = {"status": self.status, "train": self.train, "predict": self.predict,
                          "load": self.load, "cancel": self.cancel, "shutdown": self.status}
 
     def serve(self) -> int:
         self.peer.send("hello", agent_version=__version__, protocol=messages.PROTOCOL_VERSION,
                        python=platform.python_version(), torch=torch.__version__,
-                       device=str(self.device))
+                       device=str(self.device), threads=self.threads.as_dict())
         while True:
             try:
                 frame = self.peer.receive()
@@ -90,8 +95,14 @@ class Worker(object):
     def status(self, header: dict, payload: bytes) -> Dict[str, object]:
         return {"busy": self.job is not None, "job_id": self.job[0] if self.job else None,
                 "device": str(self.device), "backbones": sorted(self.backbones),
-                "domains": sorted(self.loaded),
+                "domains": sorted(self.loaded), "threads": self._threads_in_use(),
                 "peak_rss_mb": peak_rss_mb(), "cuda": self._cuda_memory()}
+
+    def _threads_in_use(self) -> Dict[str, object]:
+        """The policy, and what torch and OpenMP actually run with (this thread's view)."""
+        return dict(self.threads.as_dict(), torch_intra_op=torch.get_num_threads(),
+                    torch_inter_op=torch.get_num_interop_threads(),
+                    omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
 
     def _cuda_memory(self) -> Optional[Dict[str, float]]:
         if self.device.type != "cuda":
@@ -138,9 +149,23 @@ class Worker(object):
         if not images or header["top_k"] < 1:
             raise InvalidInput("predict needs at least one image and top_k >= 1")
         net, config = self._domain_net(header["domain"], header["adapter_dir"])
+        # This thread's own OpenMP team: tuned when idle, a small one beside a training job
+        # (which has its own team) so that neither starves the other.
+        tuner = self.predict_tuner
+        set_threads(self.threads.predict_while_training if self.job or tuner is None
+                    else tuner.threads())
         started = time.time()
         tops = classify(net, config, images, header["top_k"], self.device)
-        return {"predictions": tops, "latency_ms": 1000 * (time.time() - started)}
+        seconds = time.time() - started
+        if tuner is not None and not self.job:
+            tuner.record(seconds, len(images))
+        return {"predictions": tops, "latency_ms": 1000 * seconds}
+
+    def _tuner(self, most: int) -> Optional[ThreadTuner]:
+        """None where the count is fixed: an override, one CPU, or a GPU doing the work."""
+        if not self.threads.adaptive or self.device.type != "cpu":
+            return None
+        return ThreadTuner(most)
 
     def load(self, header: dict, payload: bytes) -> Dict[str, object]:
         """Load (and so validate against the live backbone) a domain's adapter."""
@@ -181,6 +206,7 @@ class Worker(object):
     def _run_job(self, header: dict, params: dict, config: TrainConfig, split: data.Split,
                  cancel: threading.Event) -> None:
         job_id = header["job_id"]
+        apply_policy(self.threads)  # a new thread: its OpenMP settings start from defaults
         try:
             event = {"event": "finished",
                      "result": self._train(header, params, config, split, cancel)}
@@ -196,24 +222,37 @@ class Worker(object):
                cancel: threading.Event) -> Dict[str, object]:
         job_id = header["job_id"]
         backbone, info = self._backbone(str(params.get("backbone", "efficientnet_lite0")))
+        # The job's seed draws the adapter's init and the augmentations: equal jobs, equal
+        # results (a resumed job restores the generator from its checkpoint instead).
+        torch.manual_seed(config.seed)
         net = AdaptedNet(backbone)
         net.backbone_info = info
         net.add_domain(job_id, DomainModule(
             backbone, str(params.get("method", "da2")), len(split.classes),
             params.get("adapter_settings"), bool(params.get("train_bn", False))))
+        meter, tuner = CpuMeter(self.threads.intra_op), self._tuner(self.threads.intra_op)
         trainer = Trainer(net, split, config, header["out_dir"],
-                          self._progress_sender(job_id, cancel))
+                          self._progress_sender(job_id, cancel, meter, tuner), tuner)
         result = trainer.run()
         metrics = {k: v for k, v in result.items() if k != "history"}
+        metrics["cpu"] = dict(self._cpu_figures(tuner), **meter.overall())
         saved = adapter_io.save_domain(net, job_id, header["out_dir"], split.classes,
                                        trainer.resolution, metrics)
         trainer.clear_checkpoint()
         metrics.update(adapter_bytes=saved["weights_bytes"], classes=split.classes)
         return metrics
 
-    def _progress_sender(self, job_id: str, cancel: threading.Event):
+    def _cpu_figures(self, tuner: Optional[ThreadTuner]) -> Dict[str, object]:
+        figures = self.threads.as_dict()
+        figures.update(tuner.as_dict() if tuner is not None
+                       else {"threads_in_use": torch.get_num_threads()})
+        return figures
+
+    def _progress_sender(self, job_id: str, cancel: threading.Event, meter: CpuMeter,
+                         tuner: Optional[ThreadTuner]):
         """Step events are sent at most every STEP_EVENT_INTERVAL_S; each event carries the
-        times of the steps not reported yet (``step_ms_recent``), so no latency is lost."""
+        times of the steps not reported yet (``step_ms_recent``), so no latency is lost, and
+        the CPU share the job got since the previous one (``cpu``)."""
         last = [0.0]
         recent: List[float] = []
 
@@ -226,6 +265,10 @@ class Worker(object):
                 if now - last[0] < STEP_EVENT_INTERVAL_S:
                     return
                 last[0] = now
+                figures = self._cpu_figures(tuner)
+                event["cpu"] = dict(figures, **meter.recent(int(figures["threads_in_use"])))
+            elif event["event"] == "start":
+                event["cpu"] = self._cpu_figures(tuner)
             if recent:  # any event sent carries the step times not sent yet
                 event["step_ms_recent"] = list(recent)
                 del recent[:]
@@ -237,7 +280,10 @@ class Worker(object):
         self.peer.send("progress", job_id=job_id, event=event)
 
 
-def main(argv=None) -> int:
+def main(argv=None, thread_policy: Optional[ThreadPolicy] = None) -> int:
+    """``thread_policy``: what ``python -m device_agent.worker`` chose before importing
+    torch; without it the same rules are read now (the thread counts still apply, passive
+    waiting only if the environment already asked for it)."""
     parser = argparse.ArgumentParser(prog="device_agent.worker", description=__doc__)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--weights", help="'random' builds untrained backbones (tests only)")
@@ -246,7 +292,9 @@ def main(argv=None) -> int:
     sys.stdout = sys.stderr  # nothing but frames may reach the protocol stream
     # A file over RLIMIT_FSIZE (a full quota) must fail the write, not kill the worker.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    code = Worker(Peer(sys.stdin.buffer, stdout), args.device, args.weights).serve()
+    policy = thread_policy or plan_threads(os.environ, read_budget())
+    apply_policy(policy)
+    code = Worker(Peer(sys.stdin.buffer, stdout), policy, args.device, args.weights).serve()
     # A training thread may still run (shutdown mid-job): everything it must keep is on disk
     # (atomic checkpoints; the job is requeued and resumes), so leave without interpreter
     # teardown, which would abort inside libtorch's threads.

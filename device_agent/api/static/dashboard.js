@@ -34,7 +34,8 @@ function niceMax(value) {
 }
 
 // series: [{name, points: [[x, y], ...]}];
-// options: {xTime, xUnit, yMax, markers: [{x, up}], scatter}
+// options: {xTime, xUnit, yMax, markers: [{x, up}], scatter, empty: "why there are no points",
+//           absent: true when the machine cannot measure it (the chart shrinks to one line)}
 function plot(id, series, options) {
   const svg = document.getElementById(id);
   const width = svg.clientWidth || 460, height = svg.clientHeight || 190;
@@ -45,7 +46,7 @@ function plot(id, series, options) {
   const legend = document.getElementById(id.replace("chart", "legend"));
   if (legend) {
     legend.innerHTML = "";
-    series.forEach((s, i) => {
+    series.filter(() => all.length).forEach((s, i) => {
       const item = document.createElement("span");
       item.innerHTML = '<i style="background:' + COLORS[i % COLORS.length] + '"></i>';
       item.appendChild(document.createTextNode(s.name));
@@ -53,13 +54,16 @@ function plot(id, series, options) {
     });
   }
   svg.dataset.points = String(all.length);
+  svg.classList.toggle("absent", all.length === 0 && !!options.absent);
   if (all.length === 0) {
-    el("text", { x: width / 2, y: height / 2, "text-anchor": "middle", class: "tick" }, svg)
-      .textContent = "no data yet";
+    el("text", { x: width / 2, y: Math.min(height / 2, 26), "text-anchor": "middle",
+                 class: "tick empty-note" }, svg).textContent = options.empty || "no data yet";
     return;
   }
   let xMin = Math.min(...all.map(p => p[0])), xMax = Math.max(...all.map(p => p[0]));
-  if (options.scatter) { xMin = 0; }
+  // a scatter's axis starts at 0 and ends on a round figure past its last point (a point on
+  // the edge would be cut in half, and its ticks would read 0.0256, 0.0513, ...)
+  if (options.scatter) { xMin = 0; xMax = niceMax(xMax * 1.05); }
   if (xMax === xMin) { xMax = xMin + 1; }
   const yMax = options.yMax || niceMax(Math.max(...all.map(p => p[1])) * 1.05);
   const x = v => pad.left + (v - xMin) / (xMax - xMin) * (width - pad.left - pad.right);
@@ -74,7 +78,9 @@ function plot(id, series, options) {
   for (let i = 0; i <= 4; i++) {
     const value = xMin + (xMax - xMin) * i / 4;
     const label = options.xTime ? new Date(value * 1000).toLocaleTimeString() : +value.toPrecision(3);
-    el("text", { x: x(value), y: height - 6, "text-anchor": "middle", class: "tick" }, svg)
+    // the last label ends at the plot's right edge instead of centring on it (cut off)
+    el("text", { x: x(value), y: height - 6, "text-anchor": i === 4 ? "end" : "middle",
+                 class: "tick" }, svg)
       .textContent = label + (options.xUnit && i === 4 ? " " + options.xUnit : "");
   }
   (options.markers || []).filter(m => m.x >= xMin && m.x <= xMax).forEach(m => {
@@ -114,18 +120,31 @@ function jobMarkers() {
   return markers;
 }
 
+// Why a time chart has no points: no sample yet, or samples that never carry the figure --
+// a machine without the sensor (a laptop, CI, a VM: the linux source has no GPU or power
+// rails), which would otherwise wait for data forever.
+function emptyNote(figure, where) {
+  const latest = state.samples[state.samples.length - 1];
+  if (!latest) { return { empty: "waiting for the first telemetry samples" }; }
+  return { absent: true, empty: "this machine's telemetry (source " + latest.source +
+           ") reports no " + figure + (where ? ": " + where : "") };
+}
+
 function drawTimeCharts() {
   const markers = jobMarkers();
   plot("chart-memory", [series("RAM used", s => s.ram_used_mb),
                         series("swap used", s => s.swap_used_mb),
                         series("worker RSS", s => (s.worker || {}).rss_mb)],
-       { xTime: true, markers });
-  plot("chart-gpu", [series("GPU load", s => s.gpu_load_pct)], { xTime: true, markers, yMax: 100 });
-  plot("chart-power", [series("total power", s => s.power_total_mw)], { xTime: true, markers });
+       Object.assign({ xTime: true, markers }, emptyNote("memory figures")));
+  plot("chart-gpu", [series("GPU load", s => s.gpu_load_pct)], Object.assign(
+    { xTime: true, markers, yMax: 100 }, emptyNote("GPU load", "a Jetson's tegrastats or jtop does")));
+  plot("chart-power", [series("total power", s => s.power_total_mw)], Object.assign(
+    { xTime: true, markers }, emptyNote("power rails", "a Jetson's tegrastats or jtop does")));
   const sensors = new Set();
   state.samples.forEach(s => Object.keys(s.temps_c || {}).forEach(k => sensors.add(k)));
   plot("chart-temps", [...sensors].sort().slice(0, COLORS.length)
-       .map(name => series(name, s => (s.temps_c || {})[name])), { xTime: true });
+       .map(name => series(name, s => (s.temps_c || {})[name])),
+       Object.assign({ xTime: true }, emptyNote("temperature sensors")));
 }
 
 function cell(row, text, numeric) {
@@ -142,7 +161,7 @@ function drawDomains() {
   const body = document.querySelector("#domains tbody");
   body.innerHTML = "";
   if (!state.domains.length) {
-    body.insertRow().insertCell().outerHTML = '<td colspan="10" class="empty">no domains yet</td>';
+    body.insertRow().insertCell().outerHTML = '<td colspan="11" class="empty">no domains yet</td>';
   }
   for (const d of state.domains) {
     const job = d.last_job || { memory: {}, telemetry: {} };
@@ -157,6 +176,10 @@ function drawDomains() {
     cell(row, fixed(job.telemetry.duration_s, 0), true);
     cell(row, fixed(d.adapter_bytes && d.adapter_bytes / 1024, 1), true);
     cell(row, fixed(job.telemetry.energy_j, 1), true);
+    // threads in use and the CPU share they got: a slow job says why (README: Sharing the CPU)
+    const cpu = job.cpu || {};
+    cell(row, cpu.threads_in_use === undefined ? null
+      : cpu.threads_in_use + " / " + (fixed(cpu.cpu_share, 2) || "–"), true);
     cell(row, job.state);
   }
 }
@@ -171,7 +194,7 @@ function drawMethods() {
     }
   }
   plot("chart-methods", Object.keys(byMethod).sort().map(m => ({ name: m, points: byMethod[m] })),
-       { scatter: true, xUnit: "MB", yMax: 100 });
+       { scatter: true, xUnit: "MB", yMax: 100, empty: "no job has succeeded yet" });
 }
 
 async function refresh() {
@@ -206,6 +229,7 @@ async function loop() {
 
 function showLogin(message) {
   sessionStorage.removeItem("device-agent-token");
+  document.getElementById("status").textContent = "locked: the API token is needed";
   document.getElementById("board").hidden = true;
   document.getElementById("logout").hidden = true;
   document.getElementById("login").hidden = false;
