@@ -3,15 +3,23 @@ time while a job trains; per-endpoint latency and errors, and training throughpu
 without the load (side by side, one run).
 
     python benchmarks/load.py [--seconds 30] [--clients 4] [--interval 0.05] [--backbone resnet18]
+    python benchmarks/load.py --hostile 500 [--seconds 30]
 
 Starts `device-agent serve` on a free loopback port (CPU; untrained backbone weights, so no
 downloads), uploads a generated 3-class dataset, trains one domain for the predictions, then:
 (A) a training job alone for --seconds, (B) the same job again with the clients. Throughput
 is steps finished in the window x batch size / window, read from the job's progress.
+
+``--hostile N`` is the worst case for the API instead: N unauthenticated clients misbehave on
+loopback for --seconds (a third each: request heads sent a byte a second, 100 MB bodies with
+no token, idle connections; each reconnects once dropped) while one prober times /healthz on
+a fresh connection every 50 ms; it reports /healthz latency and errors and the API's RSS.
 """
 import argparse
+import asyncio
 import io
 import json
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -156,6 +164,85 @@ def _rss_mb(pid: int) -> float:
         return next(int(line.split()[1]) / 1024.0 for line in handle if line.startswith("VmRSS:"))
 
 
+async def _misbehave(kind: int, port: int, until: float) -> None:
+    """One hostile client, reconnecting until ``until``: 0 slow head, 1 big body, 2 idle."""
+    while time.monotonic() < until:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.5)
+            continue
+        try:
+            if kind == 0:
+                writer.write(b"GET /v1/domains HTTP/1.1\r\nHost: x\r\n")
+                while time.monotonic() < until and not reader.at_eof():
+                    writer.write(b"X")
+                    await writer.drain()
+                    await asyncio.sleep(1.0)
+            elif kind == 1:
+                writer.write(b"POST /v1/domains/x/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                             b"application/json\r\nContent-Length: %d\r\n\r\n" % (100 << 20))
+                chunk = b"x" * (1 << 20)
+                for _ in range(100):
+                    writer.write(chunk)
+                    await writer.drain()
+            else:
+                await asyncio.wait_for(reader.read(1), max(0.1, until - time.monotonic()))
+        except (OSError, asyncio.TimeoutError):
+            pass
+        finally:
+            writer.close()
+        await asyncio.sleep(1.0)
+
+
+def _probe(port: int, until: float, latencies: list, errors: list) -> None:
+    """/healthz on a fresh connection every 50 ms, from this process (the hostile clients
+    run in another, so their event loop does not delay the probe's own timing)."""
+    while time.monotonic() < until:
+        started = time.monotonic()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                answer = sock.recv(64)
+            if not answer.startswith(b"HTTP/1.1 200"):
+                errors.append(answer[:40])
+        except OSError as exc:
+            errors.append(repr(exc))
+        latencies.append(1000 * (time.monotonic() - started))
+        time.sleep(0.05)
+
+
+def _hostile_clients(port: int, clients: int, until: float) -> None:
+    asyncio.new_event_loop().run_until_complete(asyncio.gather(
+        *[_misbehave(n % 3, port, until) for n in range(clients)]))
+
+
+def hostile(port: int, server_pid: int, clients: int, seconds: float) -> None:
+    latencies, errors, rss = [], [], [_rss_mb(server_pid)]
+    until = time.monotonic() + seconds
+    attackers = multiprocessing.Process(target=_hostile_clients, args=(port, clients, until))
+    attackers.start()
+    time.sleep(2)  # let them connect
+    def watch_rss() -> None:
+        while time.monotonic() < until:
+            rss.append(_rss_mb(server_pid))
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch_rss)
+    watcher.start()
+    _probe(port, until, latencies, errors)
+    watcher.join()
+    attackers.join(30)
+    time.sleep(2)
+    print("%d hostile clients (slow heads, 100 MB bodies without token, idle connections), "
+          "loopback, %.0f s\n" % (clients, seconds))
+    print("| /healthz requests | errors | p50 ms | p99 ms | max ms | API RSS before | peak | "
+          "after |\n|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| %d | %d | %.1f | %.1f | %.1f | %.0f MB | %.0f MB | %.0f MB |" % (
+        len(latencies), len(errors), _pct(latencies, 50), _pct(latencies, 99),
+        max(latencies or [0]), rss[0], max(rss), _rss_mb(server_pid)))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=30)
@@ -164,6 +251,8 @@ def main() -> int:
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--no-predict", action="store_true",
                         help="clients only poll status and telemetry")
+    parser.add_argument("--hostile", type=int, default=0, metavar="N",
+                        help="instead: N unauthenticated clients misbehave (see above)")
     args = parser.parse_args()
     data_dir, port, token = tempfile.mkdtemp(), _port(), uuid.uuid4().hex
     server = subprocess.Popen([sys.executable, "-m", "device_agent", "serve", "--data-dir",
@@ -179,6 +268,9 @@ def main() -> int:
                     break
             except Exception:
                 time.sleep(0.2)
+        if args.hostile:
+            hostile(port, server.pid, args.hostile, args.seconds)
+            return 0
         for domain in ("ready", "bench"):
             api("POST", "/v1/domains/%s/datasets" % domain, *_multipart([("d.zip", _dataset())]))
         ready = api("POST", "/v1/domains/ready/jobs", json.dumps(

@@ -86,6 +86,14 @@ class PayloadTooLarge(InvalidInput):
     http_status = 413
 
 
+class ImageTooLarge(PayloadTooLarge):
+    """An image whose header declares more pixels than the decode limit (refused before it
+    is decoded: a 10 KB PNG can declare 9000x9000 and cost 700 MB to decode)."""
+
+    code = "image_too_large"
+    http_status = 413
+
+
 class WorkerUnavailable(AgentError):
     """The worker process is starting, restarting or died while answering."""
 
@@ -98,7 +106,7 @@ def from_code(code: str, message: str) -> AgentError:
     classes = {cls.code: cls for cls in (AgentError, InvalidInput, UnknownName, Conflict,
                                          WeightsNotFound, WeightsMismatch, ArtifactError,
                                          MemoryBudgetExceeded, WorkerUnavailable, Unauthorized,
-                                         PayloadTooLarge)}
+                                         PayloadTooLarge, ImageTooLarge)}
     error = classes.get(code, AgentError)(message)
     if code not in classes:
         error.code = code

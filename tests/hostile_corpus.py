@@ -6,6 +6,7 @@ import io
 import tarfile
 import zipfile
 
+from bounded_inputs import tar_gz_of_headers
 from PIL import Image
 
 ESCAPE_NAME = "escaped-by-upload.png"  # no case may create this outside the data dir
@@ -75,7 +76,38 @@ def zip_bomb():
     return zip_of(files)
 
 
+def zip_patched(files, name, **fields):
+    """A zip whose member ``name`` has its central-directory ``fields`` altered: lying sizes,
+    a wrong CRC, the encryption flag, an unknown compression method."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for member, data in files.items():
+            archive.writestr(member, data)
+            if member == name:
+                for field, value in fields.items():
+                    setattr(archive.filelist[-1], field, value)
+    return buffer.getvalue()
+
+
+def hostile_zips():
+    files = dict(base_files(), **{"red/big.png": png(size=(40, 40))})
+    yield "zip name over 255 bytes", zip_of(dict(files, **{"red/" + "n" * 300 + ".png": png()})), \
+        "a.zip", "refused"
+    yield "zip lying size", zip_patched(files, "red/big.png", file_size=12), "a.zip", "refused"
+    yield "zip bad crc", zip_patched(files, "red/big.png", CRC=1), "a.zip", "refused"
+    yield "zip encrypted member", zip_patched(files, "red/big.png", flag_bits=0x1), "a.zip", \
+        "refused"
+    yield "zip unknown compression", zip_patched(files, "red/big.png", compress_type=99), \
+        "a.zip", "refused"
+    yield "class name with bidi override", zip_of(dict(files, **{"gnp.\u202eevil/0.png": png()})), \
+        "a.zip", "refused"
+    yield "class name with escape", zip_of(dict(files, **{"re\x1b[2Jd/0.png": png()})), "a.zip", \
+        "refused"
+    yield "tar.gz of headers", tar_gz_of_headers(3000), "a.tar.gz", "refused"
+
+
 def archives():
+    yield from hostile_zips()
     files = base_files()
     yield "zip-slip", zip_of(dict(files, **{"../../" + ESCAPE_NAME: png()})), "a.zip", "refused"
     yield "absolute path", zip_of(dict(files, **{"/tmp/" + ESCAPE_NAME: png()})), "a.zip", \

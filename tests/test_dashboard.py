@@ -3,6 +3,7 @@ driven by Selenium) against a running daemon fed by the replay source, and again
 this machine's own telemetry (no GPU, no power rails). Saves screenshots before and after
 login (DASHBOARD_SCREENSHOT=docs/dashboard.png writes docs/dashboard-login.png beside it)."""
 import os
+import re
 import time
 
 import live_daemon
@@ -92,6 +93,9 @@ def test_the_dashboard_draws_live_charts(daemon, small_folder, tmp_path, browser
     assert len(lines) == 3  # RAM, swap, worker RSS
     rows = browser.find_elements("css selector", "#domains tbody tr")
     assert sorted(r.get_attribute("data-domain") for r in rows) == ["colours", "colours-last"]
+    for row in rows:  # the last job's threads in use / the CPU share they got
+        threads = row.find_elements("css selector", "td")[9].text
+        assert re.match(r"^\d+ / \d+\.\d\d$", threads), threads
     assert "replay" in browser.find_element("id", "status").text
     markers = browser.find_elements("css selector", "#chart-memory line[stroke-dasharray]")
     assert len(markers) >= 2  # job start and end

@@ -156,3 +156,124 @@ def test_unicode_and_spaces_in_class_names_work(tmp_path):
     files = {"chats noirs/a.png": png(), "\u00e9t\u00e9/b.png": png()}
     summary = ingest(make_zip(str(tmp_path / "d.zip"), files), str(tmp_path / "ds"))
     assert summary["classes"] == ["chats noirs", "\u00e9t\u00e9"]
+
+
+# --- issue 16: bombs counted while streaming, hostile zips, unprintable class names -------
+
+HEADER_BOMB_CPU_S = 5.0     # the budget a 2 MB tar.gz of headers may cost before refusal
+HEADER_BOMB_RSS_MB = 64     # ... and the memory (measured: 2.0 CPU-s and +26 MB on 2 cores)
+_MEASURE = """
+import resource, sys, time
+from device_agent.errors import InvalidInput
+from device_agent.store.datasets import ingest
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.process_time()
+try:
+    ingest(sys.argv[1], sys.argv[2])
+    message = "accepted"
+except InvalidInput as exc:
+    message = str(exc)
+print(time.process_time() - started)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024.0)
+print(message)
+"""
+
+
+def _cost_of(archive, dest):
+    """(CPU seconds, peak-RSS growth in MB, outcome) of ingesting ``archive`` in a fresh
+    process, so that nothing this test allocated hides the peak."""
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", _MEASURE, archive, dest], cwd=root,
+                         env=dict(os.environ, PYTHONPATH=root), stdout=subprocess.PIPE,
+                         universal_newlines=True, timeout=120, check=True).stdout.splitlines()
+    return float(out[0]), float(out[1]), out[2]
+
+
+@pytest.mark.parametrize("distinct,message", [(True, "more than 50000 files"),
+                                              (False, "fold")])
+def test_a_tar_gz_header_bomb_is_refused_within_its_budget(tmp_path, distinct, message):
+    from bounded_inputs import tar_gz_of_headers
+
+    data = tar_gz_of_headers(60000 if distinct else 100000, distinct)
+    assert len(data) < 2 << 20  # the issue's case: a 2 MB tar.gz
+    (tmp_path / "bomb.tgz").write_bytes(data)
+    os.makedirs(str(tmp_path / "out"))
+    cpu, grown, text = _cost_of(str(tmp_path / "bomb.tgz"), str(tmp_path / "out" / "ds"))
+    assert message in text
+    assert cpu < HEADER_BOMB_CPU_S and grown < HEADER_BOMB_RSS_MB, (cpu, grown)
+    assert os.listdir(str(tmp_path / "out")) == []  # no staging, no decompressed tar left
+
+
+def test_a_zip_declaring_a_million_entries_is_refused_before_reading_them(tmp_path):
+    from bounded_inputs import zip_declaring_entries, zip_with_dirs
+
+    from device_agent.store import datasets
+
+    (tmp_path / "m.zip").write_bytes(zip_declaring_entries(1000000))
+    assert datasets._zip_entry_count(str(tmp_path / "m.zip")) == 1000000
+    cpu, grown, text = _cost_of(str(tmp_path / "m.zip"), str(tmp_path / "out" / "ds"))
+    assert "entries" in text and cpu < 0.5 and grown < 16, (cpu, grown, text)
+    (tmp_path / "dirs.zip").write_bytes(zip_with_dirs(3000))  # real entries, all dirs
+    with pytest.raises(InvalidInput, match="entries"):
+        ingest(str(tmp_path / "dirs.zip"), str(tmp_path / "out" / "ds"), Limits(max_files=1000))
+
+
+def _patched_zip(tmp_path, patch):
+    """A good two-class zip whose ``dogs/b.png`` entry is altered by ``patch(info)``,
+    before the central directory is written."""
+    path = str(tmp_path / "h.zip")
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("cats/a.png", png())
+        archive.writestr("dogs/b.png", png(size=(30, 30)))
+        patch(archive.filelist[-1])
+    return path
+
+
+def _lie_about_size(info):
+    info.file_size = 10
+
+
+def _bad_crc(info):
+    info.CRC ^= 0xFFFF
+
+
+def _encrypted(info):
+    info.flag_bits |= 0x1
+
+
+def _odd_compression(info):
+    info.compress_type = 99
+
+
+@pytest.mark.parametrize("patch", [_lie_about_size, _bad_crc, _encrypted, _odd_compression])
+def test_hostile_zip_members_are_invalid_input_not_crashes(tmp_path, patch):
+    with pytest.raises(InvalidInput):
+        ingest(_patched_zip(tmp_path, patch), str(tmp_path / "out" / "ds"))
+    assert os.listdir(str(tmp_path / "out")) == []
+
+
+def test_names_over_255_bytes_are_refused(tmp_path):
+    archive = make_zip(str(tmp_path / "d.zip"), {"cats/a.png": png(),
+                                                 "dogs/" + "b" * 300 + ".png": png()})
+    with pytest.raises(InvalidInput, match="over 255 bytes"):
+        ingest(archive, str(tmp_path / "out" / "ds"))
+
+
+def test_a_tar_long_name_over_the_header_limit_is_refused_unread(tmp_path):
+    path = str(tmp_path / "long.tar")
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as archive:
+        info = tarfile.TarInfo("cats/" + "x" * (2 << 20) + ".png")  # a 2 MB GNU long name
+        archive.addfile(info)
+    with pytest.raises(InvalidInput, match="tar header"):
+        ingest(path, str(tmp_path / "out" / "ds"))
+
+
+@pytest.mark.parametrize("label", ["evil\u202egnp", "bell\x07", "zero\u200bwidth", "nl\nx"])
+def test_class_names_with_control_or_bidi_characters_are_refused(tmp_path, label):
+    archive = make_zip(str(tmp_path / "d.zip"), {"cats/a.png": png(), label + "/b.png": png()})
+    with pytest.raises(InvalidInput, match="control or bidi"):
+        ingest(archive, str(tmp_path / "out" / "ds"))
+    assert os.listdir(str(tmp_path / "out")) == []

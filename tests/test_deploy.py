@@ -62,6 +62,10 @@ def test_the_daemonset_has_what_a_fleet_needs():
     host_paths = {v["hostPath"]["path"] for v in pod["spec"]["volumes"]}
     assert {"/run/jtop.sock", "/var/lib/device-agent"} <= host_paths
     assert pod["spec"]["runtimeClassName"] == "nvidia"
+    settings = {e["name"]: e.get("value") for e in container["env"]}
+    assert int(settings["DEVICE_AGENT_MAX_CONNECTIONS"]) >= 1
+    assert float(settings["DEVICE_AGENT_HEADER_TIMEOUT_S"]) > 0
+    assert container["livenessProbe"]["timeoutSeconds"] >= 1  # /healthz answers in ms
 
 
 # --- systemd --------------------------------------------------------------------------------
@@ -91,6 +95,10 @@ def test_the_systemd_unit_has_the_required_settings():
                     "ReadWritePaths=/var/lib/device-agent", "WantedBy=multi-user.target"):
         assert setting in unit, setting
     assert re.search(r"^MemoryMax=\d+M$", unit, re.M)
+    # the open-file limit must hold every connection the API accepts, and more
+    connections = int(re.search(r"^Environment=DEVICE_AGENT_MAX_CONNECTIONS=(\d+)$", unit,
+                                re.M).group(1))
+    assert int(re.search(r"^LimitNOFILE=(\d+)$", unit, re.M).group(1)) >= 2 * connections
     assert subprocess.run(["bash", "-n", os.path.join(DEPLOY, "systemd", "install.sh")]
                           ).returncode == 0
 

@@ -27,7 +27,7 @@ def test_schema_is_migrated_once_and_survives_reopening(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["", "../etc", "a/b", "Cats", "-x", "x" * 64, "caf\u00e9",
-                                  "a b", ".hidden", None, 7])
+                                  "a b", ".hidden", None, 7, "cats\n", "cats\n\n", "\ncats"])
 def test_hostile_domain_names_are_refused(store, name):
     with pytest.raises(InvalidInput):
         store.ensure_domain(name)
@@ -138,3 +138,49 @@ def test_requeue_only_moves_a_running_job(store):
     assert store.requeue(job["id"], "died")
     assert not store.requeue(job["id"], "died")  # a second notification is a no-op
     assert store.get_job(job["id"])["state"] == "queued"
+
+
+def test_a_job_that_keeps_killing_its_worker_fails_and_the_queue_moves_on(store):
+    from device_agent.store.db import MAX_ATTEMPTS
+
+    store.ensure_domain("cats")
+    dataset = store.add_dataset("cats", "/d", {})
+    poison = store.enqueue_job("cats", dataset, {})
+    behind = store.enqueue_job("cats", dataset, {})
+    for attempt in range(1, MAX_ATTEMPTS):
+        assert store.claim_next_job()["id"] == poison["id"]
+        assert store.requeue(poison["id"], "the worker process died (signal 9)")
+        record = store.get_job(poison["id"])
+        assert record["state"] == "queued" and "signal 9" in record["error"]  # kept meanwhile
+        assert record["attempts"] == attempt
+    assert store.claim_next_job()["id"] == poison["id"]
+    store.requeue(poison["id"], "the worker process died (signal 9)")
+    record = store.get_job(poison["id"])
+    assert record["state"] == "failed" and record["attempts"] == MAX_ATTEMPTS
+    assert "gave up after 3 attempts" in record["error"] and "signal 9" in record["error"]
+    assert store.claim_next_job()["id"] == behind["id"]  # no longer blocked
+
+
+def test_a_crash_loop_at_start_up_is_capped_too(tmp_path):
+    path = str(tmp_path / "agent.db")
+    store = Store(path)
+    store.ensure_domain("cats")
+    job = store.enqueue_job("cats", store.add_dataset("cats", "/d", {}), {})
+    for _ in range(3):  # the whole agent dies mid-job three times
+        store.claim_next_job()
+        store.close()
+        store = Store(path)
+        store.requeue_interrupted()
+    assert store.get_job(job["id"])["state"] == "failed"
+    store.close()
+
+
+def test_a_domain_is_created_with_its_first_dataset_or_import_or_not_at_all(store):
+    with pytest.raises(InvalidInput):
+        store.add_dataset("bad\n", "/d", {}, create_domain=True)
+    with pytest.raises(ValueError):  # NaN cannot be stored: nothing is, not even the domain
+        store.import_adapter("imported", "/a", {"val_top1": float("nan")})
+    assert store.list_domains() == []
+    store.add_dataset("cats", "/d", {}, create_domain=True)
+    assert store.import_adapter("cats", "/a", {"val_top1": 0.5}) == 1
+    assert [d["name"] for d in store.list_domains()] == ["cats"]

@@ -124,3 +124,88 @@ def test_a_garbled_stream_ends_the_worker_with_an_error(worker):
     header, _ = peer.receive()
     assert header["kind"] == "error" and header["code"] == "protocol_error"
     assert proc.wait(timeout=30) == 2
+
+
+# --- issue 16: decode limits, a bounded inference cache, forget, NaN weights ---------------
+
+def _saved_adapters(tmp_path, names, nan_in=()):
+    """Untrained DA2 adapters on the random Lite0 backbone, one directory per name (those in
+    ``nan_in`` with a NaN in their head)."""
+    torch = pytest.importorskip("torch")
+    from device_agent.model import adapter_io
+    from device_agent.model.builder import build_net
+
+    dirs = {}
+    for name in names:
+        net = build_net("efficientnet_lite0", "da2", 2, weights="random", domain=name).eval()
+        if name in nan_in:
+            with torch.no_grad():
+                net.domains[name].head.linear.bias[0] = float("nan")
+        dirs[name] = str(tmp_path / name)
+        os.makedirs(dirs[name])
+        adapter_io.save_domain(net, name, dirs[name], ["a", "b"], 32)
+    return dirs
+
+
+@pytest.fixture
+def small_cache_worker():
+    proc = subprocess.Popen([sys.executable, "-m", "device_agent.worker", "--device", "cpu",
+                             "--weights", "random"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, cwd=ROOT,
+                            env=dict(os.environ, PYTHONPATH=ROOT,
+                                     DEVICE_AGENT_WORKER_CACHE_DOMAINS="2",
+                                     DEVICE_AGENT_MAX_PIXELS="1000000"))
+    peer = Peer(proc.stdout, proc.stdin)
+    assert peer.receive()[0]["kind"] == "hello"
+    yield proc, peer
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
+def _predict(peer, domain, directory, image):
+    return _reply(peer, peer.send("predict", image, domain=domain, adapter_dir=directory,
+                                  top_k=1, parts=[len(image)]))
+
+
+def _cached(peer):
+    return _reply(peer, peer.send("status"))["data"]["domains"]
+
+
+def test_the_inference_cache_is_an_lru_and_forgets_deleted_domains(small_cache_worker,
+                                                                   tmp_path):
+    proc, peer = small_cache_worker
+    dirs = _saved_adapters(tmp_path, ["d1", "d2", "d3", "d4"])
+    image = _png((200, 10, 10))
+    for name in ("d1", "d2", "d3"):
+        assert _predict(peer, name, dirs[name], image)["kind"] == "result"
+    assert _cached(peer) == ["d2", "d3"]  # at most 2: d1, the least recent, went
+    assert _predict(peer, "d2", dirs["d2"], image)["kind"] == "result"  # d2 now most recent
+    assert _predict(peer, "d4", dirs["d4"], image)["kind"] == "result"
+    assert _cached(peer) == ["d2", "d4"]
+    assert _reply(peer, peer.send("forget", domain="d2"))["data"] == {"forgotten": True}
+    assert _reply(peer, peer.send("forget", domain="d2"))["data"] == {"forgotten": False}
+    assert _cached(peer) == ["d4"]
+    assert _predict(peer, "d1", dirs["d1"], image)["kind"] == "result"  # reloads on demand
+
+
+def test_a_pixel_bomb_is_refused_by_the_worker_before_decoding(small_cache_worker, tmp_path):
+    from bounded_inputs import png_header_only
+
+    proc, peer = small_cache_worker
+    dirs = _saved_adapters(tmp_path, ["d1"])
+    assert _predict(peer, "d1", dirs["d1"], _png((1, 2, 3)))["kind"] == "result"
+    before = _reply(peer, peer.send("status"))["data"]["peak_rss_mb"]
+    reply = _predict(peer, "d1", dirs["d1"], png_header_only(9000, 9000))
+    assert reply["kind"] == "error" and reply["code"] == "image_too_large", reply
+    after = _reply(peer, peer.send("status"))["data"]["peak_rss_mb"]
+    assert after - before < 20, (before, after)  # decoding it would take 81 MB
+    assert proc.poll() is None
+
+
+def test_nan_weights_are_refused_at_load(small_cache_worker, tmp_path):
+    proc, peer = small_cache_worker
+    dirs = _saved_adapters(tmp_path, ["bad"], nan_in=("bad",))
+    reply = _reply(peer, peer.send("load", domain="bad", adapter_dir=dirs["bad"]))
+    assert reply["kind"] == "error" and reply["code"] == "bad_artifact", reply
+    assert "NaN" in reply["message"] and _cached(peer) == []

@@ -27,6 +27,21 @@ class Settings(BaseSettings):
     max_files: int = Field(50000, ge=1, description="most files in one dataset archive")
     max_pixels: int = Field(40000000, ge=1, description="largest image, in pixels")
     max_predict_images: int = Field(32, ge=1, description="most images in one predict call")
+    max_predict_mb: int = Field(64, ge=1, description="most bytes of images in one predict "
+                                                      "call, MB (each image's pixels are "
+                                                      "also checked against max_pixels)")
+    max_json_kb: int = Field(64, ge=1, description="largest body of a request that is not an "
+                                                   "upload (JSON), KiB")
+    max_header_kb: int = Field(64, ge=4, description="largest request head (request line and "
+                                                     "headers), KiB")
+    max_connections: int = Field(1000, ge=1, description="open connections and requests at "
+                                                         "once; more are answered 503")
+    header_timeout_s: float = Field(10.0, gt=0, description="a request head must arrive "
+                                                            "within this, s")
+    body_idle_timeout_s: float = Field(30.0, gt=0, description="a request body may pause "
+                                                               "this long between bytes, s")
+    stuck_after_s: float = Field(120.0, gt=0, description="/healthz fails when a daemon "
+                                                          "thread has not beaten for this, s")
     threads: int = Field(0, ge=0, le=1024, description="the worker's torch threads (0: the "
                                                         "CPUs its affinity and cgroup quota "
                                                         "allow)")

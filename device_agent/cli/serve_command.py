@@ -2,9 +2,8 @@
 
 
 def run_serve(args) -> int:
-    import uvicorn
-
     from device_agent.api.app import create_app
+    from device_agent.api.server import serve
     from device_agent.api.settings import Settings
 
     flags = {"data_dir": args.data_dir, "host": args.host, "port": args.port,
@@ -16,5 +15,5 @@ def run_serve(args) -> int:
     app = create_app(settings)
     print("device-agent on http://%s:%d (token in %s/token unless given)"
           % (settings.host, settings.port, settings.data_dir), flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    serve(app, settings)  # connection, header, time limits: device_agent/api/server.py
     return 0

@@ -6,13 +6,16 @@ renamed into ``domains/<domain>/adapters/<id>/`` and promoted -- version recorde
 active, job succeeded -- in one store transaction. When the worker dies mid-job, the job is
 marked interrupted and queued again: it resumes from its checkpoint in the same directory.
 """
+import errno
 import logging
 import os
 import shutil
+import sqlite3
 import threading
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from device_agent import artifacts
+from device_agent.daemon.heartbeat import Heartbeat, run_guarded
 from device_agent.errors import AgentError, WorkerUnavailable
 from device_agent.faults import failpoint
 from device_agent.store.db import Store
@@ -44,14 +47,30 @@ def merge_progress(progress: Dict[str, object], event: Dict[str, object]) -> Dic
     return merged
 
 
+def is_transient(exc: BaseException) -> bool:
+    """A store or disk error that passes by itself: a database locked by another writer (a
+    backup, an operator's sqlite3 shell), a full disk. Anything else will not heal by retrying."""
+    return isinstance(exc, sqlite3.OperationalError) or (
+        isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT))
+
+
 class JobRunner(object):
-    def __init__(self, store: Store, paths: DataPaths, poll_s: float = 0.2) -> None:
+    """A store write that settles a job (requeue, fail, promote) and meets a transient error
+    is kept and retried by the job loop, with backoff, until it succeeds; no new job starts
+    meanwhile, so the job's state ends consistent once the store is writable again. Progress
+    that could not be written is kept in memory and written with the next event."""
+
+    def __init__(self, store: Store, paths: DataPaths, poll_s: float = 0.2,
+                 stuck_after_s: float = 120.0) -> None:
         self.store = store
         self.paths = paths
         self.poll_s = poll_s
         self.supervisor = None
         self.current = None  # type: Optional[str]
         self.listeners: List[Callable[[str, Dict[str, object]], None]] = []
+        self.heartbeat = Heartbeat("job-runner", stuck_after_s)
+        self._unsettled: Dict[str, Tuple[Callable[[], None], str]] = {}
+        self._unwritten: Dict[str, Tuple[Dict[str, object], List[Dict[str, object]]]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None  # type: Optional[threading.Thread]
@@ -60,19 +79,23 @@ class JobRunner(object):
         self.supervisor = supervisor
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="job-runner", daemon=True)
-        self._thread.start()
+        self._stop.clear()
+        self._thread = self.heartbeat.start(self._loop)
 
     def stop(self) -> None:
         self._stop.set()
+        self.heartbeat.stopping = True
         if self._thread is not None:
             self._thread.join(10)
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            if self.current is None and self.supervisor.ready:
-                self._start_next()
-            self._stop.wait(self.poll_s)
+        run_guarded(self.heartbeat, self._step, self._stop, self.poll_s, "the job loop")
+
+    def _step(self) -> None:
+        if self._unsettled:
+            self._settle_deferred()  # raises while the store still refuses: backoff, retry
+        elif self.current is None and self.supervisor.ready:
+            self._start_next()
 
     def _start_next(self) -> None:
         job = self.store.claim_next_job()
@@ -82,13 +105,63 @@ class JobRunner(object):
             self.current = job["id"]
         try:
             dataset = self.store.get_dataset(job["dataset_id"])
-            self.supervisor.request("train", timeout=300, job_id=job["id"], domain=job["domain"],
-                                    dataset_dir=dataset["path"], out_dir=self.paths.job(job["id"]),
-                                    params=job["params"])
+            with self.heartbeat.waiting():  # the worker's answer, bounded by the timeout
+                self.supervisor.request("train", timeout=300, job_id=job["id"],
+                                        domain=job["domain"], dataset_dir=dataset["path"],
+                                        out_dir=self.paths.job(job["id"]), params=job["params"])
         except WorkerUnavailable:  # the worker died before or while taking the job
-            self._requeue(job["id"])
+            self._settle(job["id"], lambda: self._requeue(job["id"]), "requeueing a job")
         except AgentError as exc:
-            self._finish(job["id"], "failed", exc.message)
+            message = exc.message
+            self._settle(job["id"], lambda: self._finish(job["id"], "failed", message),
+                         "failing a job")
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self._settle(job["id"], lambda: self._requeue(job["id"]), "requeueing a job")
+
+    # --- settling a job: retried until the store takes it ------------------------------
+
+    def _settle(self, job_id: str, action: Callable[[], None], what: str) -> None:
+        """Run ``action`` (pending progress first); on a transient error keep it for the job
+        loop to retry. A later action for the same job replaces an earlier one."""
+        try:
+            self._flush_progress(job_id)
+            action()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self.heartbeat.failed(exc, what)
+            with self._lock:
+                self._unsettled[job_id] = (action, what)
+
+    def _settle_deferred(self) -> None:
+        with self._lock:
+            deferred = list(self._unsettled.items())
+        for job_id, (action, what) in deferred:
+            self._flush_progress(job_id)
+            action()
+            with self._lock:
+                if self._unsettled.get(job_id, (None, ""))[0] is action:
+                    del self._unsettled[job_id]
+            log.warning("job %s settled after the store came back (%s)", job_id, what)
+
+    def _flush_progress(self, job_id: str) -> None:
+        unwritten = self._unwritten.get(job_id)
+        if unwritten is None:
+            return
+        progress, events = unwritten
+        self.store.update_progress(job_id, progress)
+        while events:  # each logged event once, even when a write fails half-way
+            self.store.update_progress(job_id, progress, events[0])
+            events.pop(0)
+        self._unwritten.pop(job_id, None)
+
+    def _release(self, job_id: str) -> None:
+        self._unwritten.pop(job_id, None)
+        with self._lock:
+            if self.current == job_id:
+                self.current = None
 
     # --- from the supervisor's reader thread --------------------------------------------
 
@@ -102,13 +175,26 @@ class JobRunner(object):
                 log.exception("a job event listener failed")
         if kind in TERMINAL_EVENTS:
             if kind == "finished":
-                self._promote(job_id, event["result"])
+                result = event["result"]
+                self._settle(job_id, lambda: self._promote(job_id, result), "promoting an adapter")
             else:
                 error = event.get("error", {}).get("message") if kind == "failed" else None
-                self._finish(job_id, kind, error)
+                self._settle(job_id, lambda: self._finish(job_id, str(kind), error),
+                             "finishing a job")
         else:
-            merged = merge_progress(self.store.get_job(job_id)["progress"], event)
-            self.store.update_progress(job_id, merged, event if kind in LOGGED_EVENTS else None)
+            self._record_progress(job_id, event, kind)
+
+    def _record_progress(self, job_id: str, event: Dict[str, object], kind: object) -> None:
+        unwritten = self._unwritten.get(job_id)
+        progress = unwritten[0] if unwritten else self.store.get_job(job_id)["progress"]
+        events = (unwritten[1] if unwritten else []) + ([event] if kind in LOGGED_EVENTS else [])
+        self._unwritten[job_id] = (merge_progress(progress, event), events)
+        try:
+            self._flush_progress(job_id)
+        except Exception as exc:  # kept in memory: written with the next event or settle
+            if not is_transient(exc):
+                raise
+            self.heartbeat.failed(exc, "recording job progress")
 
     def recover(self) -> List[str]:
         """At start-up, before any job runs: a job left running by a crash is promoted when
@@ -130,40 +216,47 @@ class JobRunner(object):
         with self._lock:
             job_id = self.current
         if job_id is not None:
-            self._requeue(job_id)
+            self._settle(job_id, lambda: self._requeue(job_id), "requeueing a job")
 
     def _requeue(self, job_id: str) -> None:
-        """The job resumes from its checkpoint when the worker is back."""
+        """The job resumes from its checkpoint when the worker is back -- unless this was its
+        last attempt (the store then fails it: a poison job), when nothing is left to
+        resume from."""
         self.store.requeue(job_id, "the worker process died")
-        with self._lock:
-            if self.current == job_id:
-                self.current = None
+        if self.store.get_job(job_id)["state"] == "failed":
+            shutil.rmtree(self.paths.job(job_id), ignore_errors=True)
+        self._release(job_id)
 
     def _promote(self, job_id: str, result: Dict[str, object]) -> None:
         """Report first, then the rename, then one transaction: a crash anywhere in between
-        is completed (or undone) by :meth:`recover` at the next start."""
+        is completed (or undone) by :meth:`recover` at the next start, and a transient error
+        (a locked store, a full disk) by retrying this whole method, which is idempotent."""
         try:
             job = self.store.get_job(job_id)
+            if job["state"] != "running":  # settled by an earlier try whose answer was lost
+                self._release(job_id)
+                return
             target = self.paths.adapter(job["domain"], job_id)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             self.store.set_report(job_id, result)
-            os.rename(self.paths.job(job_id), target)
+            if not os.path.isdir(target):
+                os.rename(self.paths.job(job_id), target)
             failpoint("promote.after_rename")
             self.store.promote_adapter(job_id, target, result)
         except (AgentError, OSError) as exc:
+            if is_transient(exc):
+                raise
             self._finish(job_id, "failed", "could not store the adapter: %s" % exc)
             return
-        with self._lock:
-            self.current = None
+        self._release(job_id)
 
     def _finish(self, job_id: str, state: str, error: Optional[str]) -> None:
         try:
             self.store.set_job_state(job_id, state, error)
-            shutil.rmtree(self.paths.job(job_id), ignore_errors=True)  # nothing to resume
-        finally:
-            with self._lock:
-                if self.current == job_id:
-                    self.current = None
+        except AgentError as exc:  # already settled elsewhere (cancelled, deleted)
+            log.warning("job %s not marked %s: %s", job_id, state, exc.message)
+        shutil.rmtree(self.paths.job(job_id), ignore_errors=True)  # nothing to resume
+        self._release(job_id)
 
     def cancel(self, job_id: str) -> Dict[str, object]:
         job = self.store.get_job(job_id)

@@ -8,16 +8,19 @@ request fails with WorkerUnavailable, ``on_exit`` is called (the job runner requ
 job), and the worker is started again after a capped backoff.
 """
 import itertools
+import logging
 import subprocess
 import threading
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
+from device_agent.daemon.heartbeat import Heartbeat
 from device_agent.errors import WorkerUnavailable, from_code
 from device_agent.protocol import messages
 from device_agent.protocol.framing import ProtocolError
 from device_agent.protocol.peer import Peer
 
+log = logging.getLogger("device_agent.daemon")
 BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 HELLO_TIMEOUT_S = 120.0
 
@@ -31,7 +34,7 @@ class _Pending(object):
 class WorkerSupervisor(object):
     def __init__(self, command: List[str], on_event: Callable[[Dict[str, object]], None],
                  on_exit: Callable[[], None], env: Optional[Dict[str, str]] = None,
-                 backoff: Tuple[float, ...] = BACKOFF_S) -> None:
+                 backoff: Tuple[float, ...] = BACKOFF_S, stuck_after_s: float = 120.0) -> None:
         self.command = command
         self.on_event = on_event
         self.on_exit = on_exit
@@ -49,13 +52,15 @@ class WorkerSupervisor(object):
         self._stopping = threading.Event()
         self._ready = threading.Event()
         self._thread = None  # type: Optional[threading.Thread]
+        # Beats per frame; waiting for the next frame (an idle worker) is not a hang, a
+        # callback (the runner's store writes) that never returns is.
+        self.heartbeat = Heartbeat("worker-supervisor", stuck_after_s)
 
     # --- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> None:
         self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, name="worker-supervisor", daemon=True)
-        self._thread.start()
+        self._thread = self.heartbeat.start(self._run)
 
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)
@@ -66,6 +71,7 @@ class WorkerSupervisor(object):
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
+        self.heartbeat.stopping = True
         proc = self._proc
         if proc is not None and proc.poll() is None:
             try:
@@ -96,12 +102,16 @@ class WorkerSupervisor(object):
         while not self._stopping.is_set():
             self.state = "starting" if attempt == 0 else "restarting"
             started = time.time()
-            self._serve_one_process()
+            try:
+                self._serve_one_process()
+            except Exception as exc:  # a failed spawn or on_exit: restart, never give up
+                self.heartbeat.failed(exc, "serving the worker")
             if self._stopping.is_set():
                 break
             self.restarts += 1
             attempt = 0 if time.time() - started > 60 else attempt + 1  # healthy for a minute
-            self._stopping.wait(self.backoff[min(attempt, len(self.backoff) - 1)])
+            with self.heartbeat.waiting():
+                self._stopping.wait(self.backoff[min(attempt, len(self.backoff) - 1)])
 
     def _serve_one_process(self) -> None:
         proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -118,11 +128,12 @@ class WorkerSupervisor(object):
                 proc.kill()
             self.last_exit_code = proc.wait()
             self._fail_pending()
-            self.on_exit()
+            self.on_exit()  # the runner settles its job (it retries store writes itself)
 
     def _read_loop(self) -> None:
         while True:
-            frame = self._peer.receive()
+            with self.heartbeat.waiting():  # an idle worker sends nothing for hours
+                frame = self._peer.receive()
             if frame is None:
                 return
             header, _ = frame
@@ -134,7 +145,10 @@ class WorkerSupervisor(object):
                 self.state = "ready"
                 self._ready.set()
             elif kind == "progress":
-                self.on_event(header)
+                try:
+                    self.on_event(header)
+                except Exception as exc:  # one event lost, never the supervision
+                    self.heartbeat.failed(exc, "handling a worker event")
             elif kind in ("result", "error"):
                 with self._lock:
                     pending = self._pending.pop(header["reply_to"], None)

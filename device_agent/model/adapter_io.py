@@ -13,17 +13,19 @@ from typing import Dict, List, Optional
 
 import torch
 
-from device_agent import __version__
-from device_agent.artifacts import CONFIG_NAME, WEIGHTS_NAME
+from device_agent import __version__, artifacts
+from device_agent.artifacts import (
+    CONFIG_NAME,
+    FORMAT,
+    FORMAT_VERSION,
+    MAX_CONFIG_BYTES,
+    WEIGHTS_NAME,
+)
 from device_agent.errors import ArtifactError, InvalidInput, WeightsMismatch
 from device_agent.model import safetensors_io
 from device_agent.model.adapters import LEGACY_SETTINGS
 from device_agent.model.network import AdaptedNet, DomainModule
 from device_agent.store import atomic
-
-FORMAT = "device-agent-adapter"
-FORMAT_VERSION = 1
-MAX_CONFIG_BYTES = 1 << 20
 
 
 def save_domain(net: AdaptedNet, name: str, directory: str, class_names: List[str],
@@ -67,19 +69,9 @@ def read_config(directory: str) -> Dict[str, object]:
 
 
 def _check_config(config: object) -> None:
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ArtifactError("not a device-agent adapter config")
-    if config.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError("adapter format version %r; this agent reads %d"
-                            % (config.get("format_version"), FORMAT_VERSION))
-    required = {"backbone": dict, "method": str, "class_names": list, "input_size": int,
-                "weights_sha256": str, "adapter_settings": dict, "mean": list, "std": list}
-    for key, kind in required.items():
-        if not isinstance(config.get(key), kind):
-            raise ArtifactError("adapter config field %r is missing or not a %s"
-                                % (key, kind.__name__))
-    if not all(isinstance(c, str) for c in config["class_names"]):
-        raise ArtifactError("class_names must be strings")
+    """The API checked an import already; a file on disk is checked again (the same rules,
+    :mod:`device_agent.artifacts`) before any value of it sizes an allocation."""
+    artifacts.check_config(config)
 
 
 def load_domain(net: AdaptedNet, directory: str, name: str,
@@ -136,4 +128,6 @@ def _load_strict(domain: DomainModule, tensors: Dict[str, torch.Tensor]) -> None
             want = expected[key]
             raise ArtifactError("tensor %r is %s %s, expected %s %s" % (
                 key, value.dtype, tuple(value.shape), want.dtype, tuple(want.shape)))
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ArtifactError("tensor %r holds NaN or infinite values" % key)
     domain.load_state_dict(tensors)

@@ -10,7 +10,9 @@ from typing import Dict, List
 from device_agent.errors import AgentError
 from device_agent.protocol.framing import ProtocolError
 
-PROTOCOL_VERSION = 2  # 2: hello carries the worker's thread policy
+# 2: hello carries the worker's thread policy; 3: "forget" drops a deleted domain from the
+# worker's inference cache
+PROTOCOL_VERSION = 3
 
 SPECS = {
     # API -> worker
@@ -18,6 +20,7 @@ SPECS = {
     "cancel": {"job_id": str},
     "predict": {"domain": str, "adapter_dir": str, "top_k": int, "parts": list},
     "load": {"domain": str, "adapter_dir": str},
+    "forget": {"domain": str},
     "status": {},
     "shutdown": {},
     # worker -> API
@@ -27,7 +30,7 @@ SPECS = {
     "result": {"reply_to": int, "data": dict},
     "error": {"reply_to": int, "code": str, "message": str},
 }
-REQUESTS = ("train", "cancel", "predict", "load", "status", "shutdown")
+REQUESTS = ("train", "cancel", "predict", "load", "forget", "status", "shutdown")
 _ENVELOPE = ("v", "kind", "id")
 
 

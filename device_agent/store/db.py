@@ -18,7 +18,11 @@ from typing import Dict, Iterator, List, Optional
 
 from device_agent.errors import AgentError, Conflict, InvalidInput, UnknownName
 
-DOMAIN_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# \Z, not $: "$" also matches before a trailing newline, which let "name\n" through.
+DOMAIN_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}\Z")
+# A job whose worker died this many times (an OOM kill, a segfault it causes) fails instead
+# of going back to the head of the FIFO, where it would block every job behind it forever.
+MAX_ATTEMPTS = 3
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 TRANSITIONS = {
     "queued": ("running", "cancelled"),
@@ -84,7 +88,7 @@ MIGRATIONS = [
 
 
 def check_domain_name(name: object) -> str:
-    if not isinstance(name, str) or not DOMAIN_NAME.match(name):
+    if not isinstance(name, str) or not DOMAIN_NAME.match(name):  # match: anchored at 0
         raise InvalidInput("domain names are 1-63 characters of a-z, 0-9, '_' and '-', "
                            "starting with a letter or digit")
     return name
@@ -103,7 +107,9 @@ _JOB_JSON = ("params", "progress", "report", "telemetry")
 
 
 class Store(object):
-    """One SQLite database; safe to share between threads (one connection, one lock)."""
+    """One SQLite database; safe to share between threads. Writes go through one connection
+    and lock; reads through a second one, so that under WAL a read never waits for a write
+    that waits out a lock an operator holds (a sqlite3 shell, a backup: issue 16)."""
 
     def __init__(self, path: str) -> None:
         directory = os.path.dirname(os.path.abspath(path))
@@ -117,10 +123,21 @@ class Store(object):
         self._db.execute("PRAGMA synchronous=FULL")  # a power cut loses no committed job
         self._db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
+        self._read_lock = threading.Lock()
+        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                                       timeout=30)
+        self._reader.row_factory = sqlite3.Row
 
     def close(self) -> None:
+        with self._read_lock:
+            self._reader.close()
         with self._lock:
             self._db.close()
+
+    def _read(self, query: str, args=()) -> List[sqlite3.Row]:
+        """One autocommit SELECT on the reader: it sees every committed write."""
+        with self._read_lock:
+            return self._reader.execute(query, args).fetchall()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -161,21 +178,22 @@ class Store(object):
     def ensure_domain(self, name: str) -> Dict[str, object]:
         check_domain_name(name)
         with self._transaction() as db:
-            db.execute("INSERT OR IGNORE INTO domains (name, created_at) VALUES (?, ?)",
-                       (name, time.time()))
+            self._insert_domain(db, name)
         return self.get_domain(name)
 
+    @staticmethod
+    def _insert_domain(db: sqlite3.Connection, name: str) -> None:
+        db.execute("INSERT OR IGNORE INTO domains (name, created_at) VALUES (?, ?)",
+                   (name, time.time()))
+
     def _one(self, table: str, key: str, value: object, what: str) -> sqlite3.Row:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM %s WHERE %s = ?" % (table, key),
-                                   (value,)).fetchone()
-        if row is None:
+        rows = self._read("SELECT * FROM %s WHERE %s = ?" % (table, key), (value,))
+        if not rows:
             raise UnknownName("%s %r not found" % (what, value))
-        return row
+        return rows[0]
 
     def _all(self, query: str, args=(), json_fields=()) -> List[Dict[str, object]]:
-        with self._lock:
-            return [_row(r, json_fields) for r in self._db.execute(query, args)]
+        return [_row(r, json_fields) for r in self._read(query, args)]
 
     def get_domain(self, name: str) -> Dict[str, object]:
         return _row(self._one("domains", "name", name, "domain"))
@@ -195,9 +213,17 @@ class Store(object):
 
     # --- datasets -----------------------------------------------------------------------
 
-    def add_dataset(self, domain: str, path: str, summary: Dict[str, object]) -> int:
-        self.get_domain(domain)
+    def add_dataset(self, domain: str, path: str, summary: Dict[str, object],
+                    create_domain: bool = False) -> int:
+        """Record a dataset; ``create_domain``: make the domain in the same transaction (an
+        upload to a new domain creates it only together with its first dataset)."""
+        if create_domain:
+            check_domain_name(domain)
+        else:
+            self.get_domain(domain)
         with self._transaction() as db:
+            if create_domain:
+                self._insert_domain(db, domain)
             cursor = db.execute(
                 "INSERT INTO datasets (domain, created_at, path, summary) VALUES (?, ?, ?, ?)",
                 (domain, time.time(), path, json.dumps(summary)))
@@ -207,10 +233,9 @@ class Store(object):
         return _row(self._one("datasets", "id", dataset_id, "dataset"), ("summary",))
 
     def latest_dataset(self, domain: str) -> Optional[Dict[str, object]]:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM datasets WHERE domain = ? ORDER BY id DESC "
-                                   "LIMIT 1", (domain,)).fetchone()
-        return _row(row, ("summary",))
+        rows = self._read("SELECT * FROM datasets WHERE domain = ? ORDER BY id DESC LIMIT 1",
+                          (domain,))
+        return _row(rows[0] if rows else None, ("summary",))
 
     # --- jobs ---------------------------------------------------------------------------
 
@@ -297,8 +322,19 @@ class Store(object):
 
     def _requeue_running(self, db: sqlite3.Connection, job_id: str,
                          reason: Optional[str]) -> None:
+        """Interrupted, then queued again -- or failed once it has been started
+        MAX_ATTEMPTS times: a job that kills its worker every time is poison, and the queue
+        behind it must move on. The reason stays in the job's ``error`` either way."""
+        attempts = db.execute("SELECT attempts FROM jobs WHERE id = ?",
+                              (job_id,)).fetchone()["attempts"]
+        reason = reason or "the agent stopped while the job ran"
         self._transition(db, job_id, "interrupted", reason)
-        self._transition(db, job_id, "queued", None)
+        if attempts >= MAX_ATTEMPTS:
+            self._transition(db, job_id, "failed", "gave up after %d attempts, each ended by: %s"
+                             % (attempts, reason))
+        else:
+            self._transition(db, job_id, "queued", "attempt %d of %d ended: %s"
+                             % (attempts, MAX_ATTEMPTS, reason))
 
     def requeue_interrupted(self) -> List[str]:
         """At start-up: jobs left running by a crash are marked interrupted, then queued
@@ -371,10 +407,13 @@ class Store(object):
         return version
 
     def import_adapter(self, domain: str, path: str, summary: Dict[str, object]) -> int:
-        """Record an imported (already validated) adapter as the domain's active version."""
-        self.get_domain(domain)
+        """Record an imported (already validated) adapter as the domain's active version,
+        creating the domain in the same transaction: a failed import leaves nothing."""
+        check_domain_name(domain)
+        encoded = json.dumps(summary, allow_nan=False)  # refuse NaN before anything is written
         with self._transaction() as db:
-            return self._add_version(db, domain, path, None, summary)
+            self._insert_domain(db, domain)
+            return self._add_version(db, domain, path, None, json.loads(encoded))
 
     @staticmethod
     def _add_version(db: sqlite3.Connection, domain: str, path: str, job_id: Optional[str],

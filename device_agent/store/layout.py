@@ -18,6 +18,20 @@ class DataPaths(object):
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(root)
 
+    def make_private(self) -> None:
+        """The data dir 0700 and the database files 0600: the adapters, datasets and job
+        records are the owner's alone (the token file is written 0600 already)."""
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        os.chmod(self.root, 0o700)
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.database + suffix):
+                os.chmod(self.database + suffix, 0o600)
+
+    @property
+    def spool(self) -> str:
+        """Where multipart uploads spool while the form is parsed (not the system temp)."""
+        return os.path.join(self.root, "spool")
+
     @property
     def database(self) -> str:
         return os.path.join(self.root, "agent.db")

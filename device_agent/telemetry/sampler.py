@@ -8,6 +8,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
+from device_agent.daemon.heartbeat import Heartbeat
 from device_agent.procfs import status_kib
 from device_agent.telemetry.history import JobMeter, downsample, merge
 from device_agent.telemetry.sources import LinuxSource, TelemetryUnavailable
@@ -26,7 +27,7 @@ class Sampler(object):
     def __init__(self, source, store=None, worker: Optional[Extra] = None,
                  running_job: Optional[Callable[[], Optional[str]]] = None,
                  buffer_size: int = 3600, history_step_s: float = 10.0,
-                 retention_s: float = 7 * 86400.0) -> None:
+                 retention_s: float = 7 * 86400.0, stuck_after_s: float = 120.0) -> None:
         self.source = source
         self.store = store
         self.worker = worker or (lambda: {})
@@ -41,17 +42,19 @@ class Sampler(object):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = None  # type: Optional[threading.Thread]
+        self.heartbeat = Heartbeat("telemetry", stuck_after_s)
 
     @property
     def source_name(self) -> str:
         return self.source.name
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="telemetry", daemon=True)
-        self._thread.start()
+        self._stop.clear()
+        self._thread = self.heartbeat.start(self._loop)
 
     def stop(self) -> None:
         self._stop.set()
+        self.heartbeat.stopping = True
         if self._thread is not None:
             self._thread.join(5)
         self._flush_history(force=True)
@@ -59,19 +62,26 @@ class Sampler(object):
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            started = _thread_time()  # sleeping inside read() costs no CPU time
             try:
-                sample = self.source.read()
-            except (TelemetryUnavailable, OSError, ValueError) as exc:
-                log.warning("telemetry source %s failed (%s); using linux", self.source.name,
-                            exc)
-                self.source.close()
-                self.source = LinuxSource()
+                self._sample_once()
+            except Exception as exc:  # a full disk, a locked store: telemetry never stops
+                self._stop.wait(self.heartbeat.failed(exc, "recording a sample"))
                 continue
-            try:
-                self.record(sample)
-            except Exception:  # a full disk, a deleted job: telemetry must never stop
-                log.exception("telemetry sample not recorded")
+            self.heartbeat.succeeded()
+
+    def _sample_once(self) -> None:
+        started = _thread_time()  # sleeping inside read() costs no CPU time
+        try:
+            with self.heartbeat.waiting():  # the source sleeps the sampling interval
+                sample = self.source.read()
+        except (TelemetryUnavailable, OSError, ValueError) as exc:
+            log.warning("telemetry source %s failed (%s); using linux", self.source.name, exc)
+            self.source.close()
+            self.source = LinuxSource()
+            return
+        try:
+            self.record(sample)
+        finally:
             self.cpu_seconds += _thread_time() - started
 
     def record(self, sample: Dict[str, object]) -> Dict[str, object]:

@@ -16,12 +16,13 @@ import signal
 import sys
 import threading
 import time
+from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from PIL import Image
 
-from device_agent import __version__
+from device_agent import __version__, bounds
 from device_agent.cpu_budget import ThreadPolicy, plan_threads, read_budget
 from device_agent.errors import Conflict, InvalidInput
 from device_agent.model import adapter_io
@@ -40,6 +41,19 @@ TRAIN_FIELDS = ("epochs", "batch_size", "lr", "label_smoothing", "resolution", "
                 "micro_batch", "patience", "val_fraction", "hflip", "memory_limit_mb")
 JOB_FIELDS = ("method", "backbone", "adapter_settings", "train_bn") + TRAIN_FIELDS
 STEP_EVENT_INTERVAL_S = 0.5
+# The inference cache's bounds (adapters kept loaded for predictions) and the decode limit;
+# the API's environment reaches the worker, so DEVICE_AGENT_MAX_PIXELS applies to both.
+CACHE_DOMAINS_ENV = "DEVICE_AGENT_WORKER_CACHE_DOMAINS"
+CACHE_MB_ENV = "DEVICE_AGENT_WORKER_CACHE_MB"
+MAX_PIXELS_ENV = "DEVICE_AGENT_MAX_PIXELS"
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        value = int(os.environ.get(name, default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
 
 
 class Cancelled(Exception):
@@ -60,11 +74,16 @@ class Worker(object):
         self.weights = weights  # None: the manifest's files; "random": tests only
         self.backbones = {}  # type: Dict[str, Tuple[Backbone, dict]]
         self.inference = {}  # type: Dict[str, AdaptedNet]
-        self.loaded = {}  # type: Dict[str, Tuple[str, dict]]  domain -> (adapter dir, config)
+        # domain -> (adapter dir, config), least recently used first (an LRU, bounded below)
+        self.loaded = OrderedDict()  # type: OrderedDict
+        self.cache_domains = _env_int(CACHE_DOMAINS_ENV, 8)
+        self.cache_bytes = _env_int(CACHE_MB_ENV, 256) << 20
+        self.max_pixels = _env_int(MAX_PIXELS_ENV, bounds.DEFAULT_MAX_PIXELS)
         self.job = None  # type: Optional[Tuple[str, threading.Thread, threading.Event]]
         self.predict_tuner = self._tuner(threads.intra_op)
         self.handlers = {"status": self.status, "train": self.train, "predict": self.predict,
-                         "load": self.load, "cancel": self.cancel, "shutdown": self.status}
+                         "load": self.load, "forget": self.forget, "cancel": self.cancel,
+                         "shutdown": self.status}
 
     def serve(self) -> int:
         self.peer.send("hello", agent_version=__version__, protocol=messages.PROTOCOL_VERSION,
@@ -140,6 +159,9 @@ class Worker(object):
     def predict(self, header: dict, payload: bytes) -> Dict[str, object]:
         images = []
         for index, blob in enumerate(messages.split_parts(header, payload)):
+            # The API checked every header already; checked again here, before load(), so
+            # no caller can make the worker decode a pixel bomb.
+            bounds.check_image_header(blob, self.max_pixels, "image %d" % index)
             try:
                 with Image.open(io.BytesIO(blob)) as image:
                     image.load()
@@ -167,6 +189,10 @@ class Worker(object):
             return None
         return ThreadTuner(most)
 
+    def forget(self, header: dict, payload: bytes) -> Dict[str, object]:
+        """Drop a (deleted) domain's adapter from the inference cache."""
+        return {"forgotten": self._evict(header["domain"])}
+
     def load(self, header: dict, payload: bytes) -> Dict[str, object]:
         """Load (and so validate against the live backbone) a domain's adapter."""
         _, config = self._domain_net(header["domain"], header["adapter_dir"])
@@ -193,13 +219,39 @@ class Worker(object):
             self.inference[name] = net
         net = self.inference[name]
         if self.loaded.get(domain, ("", None))[0] != adapter_dir or domain not in net.domains:
-            if domain in net.domains:
-                net.remove_domain(domain)
+            self._evict(domain)
             adapter_io.load_domain(net, adapter_dir, domain)
             net.to(self.device)
             self.loaded[domain] = (adapter_dir, config)
+        self.loaded.move_to_end(domain)
+        self._evict_over_budget(keep=domain)
         net.set_active(domain)
         return net, self.loaded[domain][1]
+
+    def _evict(self, domain: str) -> bool:
+        """Remove ``domain``'s adapter from whichever inference net holds it."""
+        entry = self.loaded.pop(domain, None)
+        found = False
+        for net in self.inference.values():
+            if domain in net.domains:
+                net.remove_domain(domain)
+                found = True
+        return found or entry is not None
+
+    def _evict_over_budget(self, keep: str) -> None:
+        """Least recently used first, until the cache holds at most ``cache_domains``
+        adapters and ``cache_bytes`` of their weights (a fine-tuned domain is a whole
+        backbone copy: eight of them held 507 MB)."""
+        def cached_bytes() -> int:
+            return sum(int(config.get("weights_bytes") or 0)
+                       for _, config in self.loaded.values())
+
+        while len(self.loaded) > 1 and (len(self.loaded) > self.cache_domains
+                                        or cached_bytes() > self.cache_bytes):
+            oldest = next(iter(self.loaded))
+            if oldest == keep:
+                break
+            self._evict(oldest)
 
     # --- the training thread --------------------------------------------------------------
 

@@ -1,6 +1,7 @@
 """Telemetry: the latest sample, a downsampled range, a live stream (SSE), and /metrics."""
 import asyncio
 import json
+import logging
 import queue
 from typing import List, Optional
 
@@ -11,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from device_agent.api.schemas import TelemetrySample
 from device_agent.errors import Conflict
 
+log = logging.getLogger("device_agent.api")
 router = APIRouter(tags=["telemetry"])
 metrics_router = APIRouter(tags=["telemetry"])
 KEEPALIVE_S = 15.0
@@ -65,7 +67,12 @@ async def telemetry_stream(request: Request,
                         yield ": keep-alive\n\n"
                     continue
                 quiet = 0.0
-                yield _event(sample)
+                try:
+                    event = _event(sample)
+                except (TypeError, ValueError) as exc:  # one bad sample, not the stream
+                    log.warning("telemetry sample not streamed: %s", exc)
+                    continue
+                yield event
                 sent += 1
         finally:
             sampler.unsubscribe(subscriber)

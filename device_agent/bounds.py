@@ -1,0 +1,29 @@
+"""Decode limits shared by the API and the worker (stdlib and Pillow; Python 3.6 syntax).
+
+An image's header says how many pixels decoding it will allocate; a 10 KB PNG can declare
+9000x9000 (about 700 MB once decoded). :func:`check_image_header` opens only the header
+(Pillow's ``Image.open`` is lazy) and refuses an image over the limit before ``load()``.
+"""
+import io
+
+from device_agent.errors import ImageTooLarge, InvalidInput
+
+DEFAULT_MAX_PIXELS = 40000000  # e.g. 8000 x 5000, the upload limit's default
+
+
+def check_image_header(blob: bytes, max_pixels: int, what: str = "image") -> None:
+    """InvalidInput when ``blob`` is no image Pillow knows, ImageTooLarge when its header
+    declares more than ``max_pixels`` pixels. Decodes nothing."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(blob)) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLarge("%s is over the pixel limit" % what) from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise InvalidInput("%s is not a readable image (%s)" % (what, detail)) from exc
+    if width * height > max_pixels:
+        raise ImageTooLarge("%s of %dx%d pixels is over the %d-pixel limit"
+                            % (what, width, height, max_pixels))
