@@ -209,3 +209,35 @@ def test_nan_weights_are_refused_at_load(small_cache_worker, tmp_path):
     reply = _reply(peer, peer.send("load", domain="bad", adapter_dir=dirs["bad"]))
     assert reply["kind"] == "error" and reply["code"] == "bad_artifact", reply
     assert "NaN" in reply["message"] and _cached(peer) == []
+
+
+def test_a_seeded_job_with_fixed_threads_is_reproducible(textured_folder, tmp_path):
+    """The real guarantee (README: Sharing the CPU): with a fixed thread count, equal jobs
+    give bit-identical adapters, whatever else the machine does; another seed differs."""
+    from device_agent import artifacts, cpu_budget
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in cpu_budget.THREAD_COUNT_VARS + (cpu_budget.AUTO_MARK,)}
+    env.update(PYTHONPATH=ROOT, DEVICE_AGENT_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "device_agent.worker", "--device", "cpu",
+                             "--weights", "random"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, cwd=ROOT, env=env)
+    peer = Peer(proc.stdout, proc.stdin)
+    try:
+        assert peer.receive()[0]["threads"]["adaptive"] is False
+        weights = []
+        for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+            params = {"backbone": "resnet18", "method": "da2", "epochs": 2, "batch_size": 4,
+                      "resolution": 32, "lr": 0.01, "seed": seed}
+            out = str(tmp_path / name)
+            events = []
+            _reply(peer, peer.send("train", job_id=name, domain=name,
+                                   dataset_dir=textured_folder, out_dir=out, params=params),
+                   events)
+            assert _until_done(peer, events)["event"] == "finished"
+            with open(os.path.join(out, artifacts.WEIGHTS_NAME), "rb") as handle:
+                weights.append(handle.read())
+        assert weights[0] == weights[1] and weights[0] != weights[2]
+    finally:
+        proc.kill()
+        proc.wait()
