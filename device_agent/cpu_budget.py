@@ -11,11 +11,12 @@ predictions, a k3s quota below the core count -- a step then runs several times 
   (https://docs.kernel.org/admin-guide/cgroup-v2.html#cpu-interface-files) -- on the
   process's cgroup and every ancestor, the smallest winning.
 - Within that, the count is measured, not guessed (:class:`device_agent.training.threads.
-  ThreadTuner`): passive waiting (``OMP_WAIT_POLICY=PASSIVE``) was tried and halved an idle
-  machine's training speed, because every parallel region then wakes sleeping threads
-  (DA2 on EfficientNet-Lite0, 96 px, 2 cores: 46.5 img/s spinning, 16.9 passive), while
-  beside one busy process one thread beat both (32 img/s; 2 spinning threads 14, passive
-  20). No fixed choice is good in both cases; trying the candidates now and then is.
+  ThreadTuner`): passive waiting (``OMP_WAIT_POLICY=PASSIVE``) was tried and cost an idle
+  machine 30-65% of its training speed, because every parallel region then wakes sleeping
+  threads (DA2 on EfficientNet-Lite0, 96 px, 2 cores, benchmarks/wait_policy.py: 46.5-47.6
+  img/s spinning, 16.9-34.0 passive), while beside one busy process one thread beat both
+  (32-38.6 img/s; 2 spinning threads 14-15, passive 20). No fixed choice is good in both
+  cases; trying the candidates now and then is.
 
 Overrides, strongest first: ``DEVICE_AGENT_THREADS=N``, then an ``OMP_NUM_THREADS`` the
 operator set; either fixes the count (no tuning: bit-reproducible runs). Environment
