@@ -174,8 +174,10 @@ class Worker(object):
         # This thread's own OpenMP team: tuned when idle, a small one beside a training job
         # (which has its own team) so that neither starves the other.
         tuner = self.predict_tuner
-        set_threads(self.threads.predict_while_training if self.job or tuner is None
-                    else tuner.threads())
+        if self.job:
+            set_threads(self.threads.predict_while_training)
+        else:
+            set_threads(tuner.threads() if tuner is not None else self.threads.intra_op)
         started = time.time()
         tops = classify(net, config, images, header["top_k"], self.device)
         seconds = time.time() - started
