@@ -31,8 +31,11 @@ import uuid
 from load import JOB, Api, _dataset, _multipart, _pct, _png, _port, _steps
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+sys.path.insert(0, ROOT)
+
+from device_agent.procfs import cpu_seconds  # noqa: E402
+
 CGROUP_V1_CPU = "/sys/fs/cgroup/cpu"
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class Daemon(object):
@@ -69,9 +72,7 @@ class Daemon(object):
 
 
 def _cpu_seconds(pid: int) -> float:
-    with open("/proc/%d/stat" % pid) as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / float(TICKS)  # utime + stime
+    return cpu_seconds("/proc/%d/stat" % pid)
 
 
 def train_rate(api: Api, seconds: float, load=None, warmup_steps: int = 10):

@@ -1,5 +1,7 @@
-"""Linux /proc readers (stdlib only): the worker's memory watch and the API's telemetry share
-them. Values come back in kB, as the kernel writes them; each caller picks its unit."""
+"""Linux /proc readers (stdlib only): the worker's memory watch and CPU meter, the API's
+telemetry and the benchmarks share them. Memory comes back in kB, as the kernel writes it
+(each caller picks its unit); CPU time in seconds."""
+import os
 from typing import Dict, Optional, Union
 
 
@@ -22,3 +24,13 @@ def status_kib(field: str, pid: Union[int, str] = "self") -> Optional[int]:
         return kib_fields("/proc/%s/status" % pid).get(field)
     except OSError:
         return None
+
+
+def cpu_seconds(stat_path: str) -> float:
+    """User + system CPU seconds from a ``/proc/<pid>/stat`` or ``/proc/<pid>/task/<tid>/stat``
+    file (fields 14 and 15, in clock ticks: proc(5)); the command name before them may hold
+    spaces, so fields are counted after its closing parenthesis. Raises OSError/ValueError
+    when the file cannot be read or parsed."""
+    with open(stat_path) as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / float(os.sysconf("SC_CLK_TCK"))

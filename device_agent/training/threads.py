@@ -8,6 +8,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from device_agent.cpu_budget import ThreadPolicy
+from device_agent.procfs import cpu_seconds
 
 
 def set_threads(count: int) -> None:
@@ -162,8 +163,6 @@ class CpuMeter(object):
 def _main_thread_cpu() -> float:
     """CPU seconds of this process's main thread (its tid is the pid); 0 if unreadable."""
     try:
-        with open("/proc/self/task/%d/stat" % os.getpid()) as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / float(os.sysconf("SC_CLK_TCK"))
+        return cpu_seconds("/proc/self/task/%d/stat" % os.getpid())
     except (OSError, ValueError, IndexError):
         return 0.0
