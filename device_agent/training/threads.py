@@ -18,9 +18,9 @@ def set_threads(count: int) -> None:
         torch.set_num_threads(count)
 
 
-def apply_policy(policy: ThreadPolicy, intra_op: Optional[int] = None) -> None:
+def apply_policy(policy: ThreadPolicy) -> None:
     """Set torch's thread counts; every thread that runs torch work calls this first."""
-    set_threads(intra_op or policy.intra_op)
+    set_threads(policy.intra_op)
     if torch.get_num_interop_threads() != policy.inter_op:
         try:
             torch.set_num_interop_threads(policy.inter_op)
@@ -67,10 +67,6 @@ class ThreadTuner(object):
         self._samples = []  # type: List[float]
         self._skip = True  # the first unit after a switch
         self._next_probe = clock()  # explore once the first window is measured
-
-    @property
-    def probing(self) -> bool:
-        return bool(self._queue)
 
     def threads(self) -> int:
         """The count for the next unit of work."""

@@ -80,7 +80,7 @@ class Worker(object):
         self.cache_bytes = _env_int(CACHE_MB_ENV, 256) << 20
         self.max_pixels = _env_int(MAX_PIXELS_ENV, bounds.DEFAULT_MAX_PIXELS)
         self.job = None  # type: Optional[Tuple[str, threading.Thread, threading.Event]]
-        self.predict_tuner = self._tuner(threads.intra_op)
+        self.predict_tuner = self._tuner()
         self.handlers = {"status": self.status, "train": self.train, "predict": self.predict,
                          "load": self.load, "forget": self.forget, "cancel": self.cancel,
                          "shutdown": self.status}
@@ -185,11 +185,11 @@ class Worker(object):
             tuner.record(seconds, len(images))
         return {"predictions": tops, "latency_ms": 1000 * seconds}
 
-    def _tuner(self, most: int) -> Optional[ThreadTuner]:
+    def _tuner(self) -> Optional[ThreadTuner]:
         """None where the count is fixed: an override, one CPU, or a GPU doing the work."""
         if not self.threads.adaptive or self.device.type != "cpu":
             return None
-        return ThreadTuner(most)
+        return ThreadTuner(self.threads.intra_op)
 
     def forget(self, header: dict, payload: bytes) -> Dict[str, object]:
         """Drop a (deleted) domain's adapter from the inference cache."""
@@ -284,7 +284,7 @@ class Worker(object):
         net.add_domain(job_id, DomainModule(
             backbone, str(params.get("method", "da2")), len(split.classes),
             params.get("adapter_settings"), bool(params.get("train_bn", False))))
-        meter, tuner = CpuMeter(self.threads.intra_op), self._tuner(self.threads.intra_op)
+        meter, tuner = CpuMeter(self.threads.intra_op), self._tuner()
         trainer = Trainer(net, split, config, header["out_dir"],
                           self._progress_sender(job_id, cancel, meter, tuner), tuner)
         result = trainer.run()
