@@ -1,13 +1,15 @@
 """The demo domain: real handwritten digits (UCI, shipped inside scikit-learn's wheel)
 written out as an ImageFolder with a fixed, seeded split. No network is needed."""
 import os
-from typing import Dict
+from typing import Dict, Optional
 
 from device_agent.errors import InvalidInput
 
 
-def write_digits_folder(root: str, seed: int = 0, val_fraction: float = 0.2) -> Dict[str, int]:
-    """``root``/train/<digit>/*.png and ``root``/val/<digit>/*.png; returns the counts."""
+def write_digits_folder(root: str, seed: int = 0, val_fraction: float = 0.2,
+                        per_class: Optional[int] = None) -> Dict[str, int]:
+    """``root``/train/<digit>/*.png and ``root``/val/<digit>/*.png; returns the counts.
+    ``per_class``: at most this many images of each digit (a quick job's data)."""
     try:
         from sklearn.datasets import load_digits
     except ImportError as exc:
@@ -23,6 +25,8 @@ def write_digits_folder(root: str, seed: int = 0, val_fraction: float = 0.2) -> 
     for index in order:
         label = int(digits.target[index])
         position = seen.get(label, 0)
+        if per_class is not None and position >= per_class:
+            continue
         seen[label] = position + 1
         split = "val" if position % int(round(1 / val_fraction)) == 0 else "train"
         directory = os.path.join(root, split, str(label))

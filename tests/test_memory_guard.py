@@ -4,7 +4,7 @@ import torch
 
 from device_agent.errors import MemoryBudgetExceeded
 from device_agent.model.builder import build_net
-from device_agent.model.memory import MB, estimate_step_bytes
+from device_agent.model.memory import MB, estimate_job_bytes, estimate_step_bytes
 from device_agent.training import data, memory_guard
 from device_agent.training import loop as training_loop
 from device_agent.training.loop import TrainConfig, Trainer
@@ -18,13 +18,13 @@ def _net(method="da2"):
     return build_net("mobilenet_v2", method, num_classes=3, weights="random")
 
 
-def _step_mb(net, batch):
-    return estimate_step_bytes(net, SHAPE, batch, net.domain.backbone is None) / MB
+def _job_mb(net, batch):
+    return estimate_job_bytes(net, SHAPE, batch, net.domain.backbone is None).total / MB
 
 
 def test_auto_picks_the_largest_batch_that_fits():
     net = _net()
-    budget = (_step_mb(net, 16) + _step_mb(net, 24)) / 2  # 16 fits, 24 does not
+    budget = (_job_mb(net, 16) + _job_mb(net, 24)) / 2  # 16 fits, 24 does not
     plan = plan_batch(net, SHAPE, 0, 0, 500 + budget, True, 1000, resident_mb=500,
                       available_mb=4000)
     assert (plan.batch_size, plan.micro_batch) == (16, 0)
@@ -35,7 +35,7 @@ def test_auto_picks_the_largest_batch_that_fits():
 
 def test_a_fixed_batch_over_the_limit_is_micro_batched():
     net = _net()
-    limit = 500 + (_step_mb(net, 4) + _step_mb(net, 8)) / 2
+    limit = 500 + (_job_mb(net, 4) + _job_mb(net, 8)) / 2
     plan = plan_batch(net, SHAPE, 32, 0, limit, True, 1000, resident_mb=500, available_mb=4000)
     assert (plan.batch_size, plan.micro_batch) == (32, 4)  # same gradient, smaller peak
 
@@ -44,7 +44,7 @@ def test_nothing_fits_is_a_clear_error():
     with pytest.raises(MemoryBudgetExceeded, match="memory_limit_mb"):
         plan_batch(_net(), SHAPE, 8, 0, 501, True, 1000, resident_mb=500, available_mb=4000)
     finetune = _net("finetune")
-    limit = 500 + _step_mb(finetune, 4)
+    limit = 500 + _job_mb(finetune, 4)
     with pytest.raises(MemoryBudgetExceeded, match="finetune cannot micro-batch"):
         plan_batch(finetune, SHAPE, 8, 0, limit, False, 1000, resident_mb=500,
                    available_mb=4000)

@@ -241,3 +241,30 @@ def test_a_seeded_job_with_fixed_threads_is_reproducible(textured_folder, tmp_pa
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("backbone,method,resolution,batch", [
+    ("efficientnet_lite0", "da2", 64, 16), ("efficientnet_lite0", "finetune", 64, 16)])
+def test_the_memory_plan_bounds_the_workers_peak(worker, tmp_path, backbone, method,
+                                                 resolution, batch):
+    """The planned peak (the worker's resident RSS at planning plus the job estimate) is at
+    least the worker's RSS high-water mark over the whole job -- steps, the saved-activation
+    measurement, evaluations at twice the batch, checkpoints -- and the estimate is not
+    padded far past use (benchmarks/memory_plan.py measures more jobs)."""
+    from device_agent.demo import write_digits_folder
+
+    proc, peer = worker
+    dataset = str(tmp_path / "digits")
+    write_digits_folder(dataset, per_class=12)
+    params = {"backbone": backbone, "method": method, "epochs": 2, "batch_size": batch,
+              "resolution": resolution, "hflip": False}
+    events = []
+    _reply(peer, peer.send("train", job_id="plan", domain="digits", dataset_dir=dataset,
+                           out_dir=str(tmp_path / "out"), params=params), events)
+    done = _until_done(peer, events)
+    assert done["event"] == "finished", done
+    plan = next(e for e in events if e["event"] == "start")
+    measured = done["result"]["peak_rss_mb"]
+    assert measured <= plan["estimated_peak_mb"], (plan, measured)
+    growth = measured - plan["resident_mb"]
+    assert growth <= plan["estimated_job_mb"] <= 4 * max(growth, 1.0), (plan, measured)

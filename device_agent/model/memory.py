@@ -10,7 +10,7 @@
 Peak memory of whole training steps is measured by ``device_agent.training.profile``.
 """
 import itertools
-from typing import Dict, Tuple
+from typing import Dict, NamedTuple, Tuple
 
 import torch
 import torch.nn as nn
@@ -120,6 +120,52 @@ def estimate_step_bytes(net: AdaptedNet, image_shape: Tuple[int, int, int], batc
     estimate = estimate_saved_bytes(net, image_shape, batch_size)
     saved = estimate["lean" if lean else "plain"]
     return saved + WORKSPACE_ACTIVATIONS * estimate["largest_activation"]
+
+
+# A whole job in the worker, beyond its steps: calibrated against the worker's RSS high-water
+# mark over real jobs (benchmarks/memory_plan.py; docs/benchmarks-memory-plan.md). Only a part
+# is live at once, but the job's passes of different sizes (the estimator's probe, the
+# saved-activation measurement, steps, a last partial batch, evaluations at twice the batch)
+# leave their blocks on the C heap, which glibc does not hand back (malloc_trim did not help
+# either), so the whole-RSS peak grows with the widest layer far beyond one step's needs.
+EVAL_BATCH_FACTOR = 2  # evaluation runs no-grad forwards at twice the training micro-batch
+HEAP_ACTIVATIONS = 28.0  # the passes' heap, in largest activations of the micro-batch
+SAVED_COPIES = 2.0  # the measurement pass's saved tensors, then a step's, in other blocks
+# Per trainable parameter byte: its gradient, Adam's two moments, the best epoch's copy, and
+# the checkpoint's blob of all four.
+STATE_COPIES = 8.0
+
+
+class JobMemoryEstimate(NamedTuple):
+    """A training job's peak above the worker's resident memory at planning, in bytes."""
+    saved: float  # what autograd keeps for one micro-batch
+    largest_activation: float  # the widest layer's output at the micro-batch
+    trainable: float  # bytes of trainable parameters
+
+    @property
+    def step(self) -> float:
+        """One step in isolation: what autograd keeps plus the widest layer's working set."""
+        return self.saved + WORKSPACE_ACTIVATIONS * self.largest_activation
+
+    @property
+    def total(self) -> float:
+        return (SAVED_COPIES * self.saved + HEAP_ACTIVATIONS * self.largest_activation
+                + STATE_COPIES * self.trainable)
+
+
+def evaluation_batch(micro_batch: int) -> int:
+    return EVAL_BATCH_FACTOR * micro_batch
+
+
+def estimate_job_bytes(net: AdaptedNet, image_shape: Tuple[int, int, int], micro_batch: int,
+                       lean: bool = True) -> JobMemoryEstimate:
+    """What a whole job adds to the worker's RSS when it trains at ``micro_batch`` images a
+    pass (``total``), and what one of its steps needs (``step``). Decides
+    ``batch_size="auto"`` and micro-batching."""
+    estimate = estimate_saved_bytes(net, image_shape, micro_batch)
+    return JobMemoryEstimate(saved=estimate["lean" if lean else "plain"],
+                             largest_activation=estimate["largest_activation"],
+                             trainable=4.0 * trainable_parameters(net))
 
 
 def _features_for_estimate(net: AdaptedNet, x: torch.Tensor) -> torch.Tensor:

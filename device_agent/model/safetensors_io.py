@@ -28,27 +28,37 @@ class SafetensorsError(ValueError):
     """The bytes are not a well-formed safetensors file."""
 
 
-def dumps(tensors: Dict[str, torch.Tensor], metadata: Optional[Dict[str, str]] = None) -> bytes:
+def dumps(tensors: Dict[str, torch.Tensor],
+          metadata: Optional[Dict[str, str]] = None) -> bytearray:
+    """The file's bytes, built in one buffer: each tensor is copied once, straight into it.
+    (Joining per-tensor ``bytes`` held three copies of a checkpoint at once: with a
+    fine-tuned ResNet-18's weights, gradients' moments and best epoch, some 500 MB.)"""
     header = {}  # type: Dict[str, object]
     if metadata:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
             raise TypeError("safetensors metadata must map str to str")
         header["__metadata__"] = dict(metadata)
-    chunks = []
+    arrays = []
     offset = 0
     for name in sorted(tensors):
         tensor = tensors[name].detach().cpu().contiguous()
         if tensor.dtype not in _NAME_OF:
             raise TypeError("unsupported dtype %s for %r" % (tensor.dtype, name))
-        array = tensor.numpy()
-        data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
+        array = tensor.numpy().reshape(-1)
+        array = array.astype(array.dtype.newbyteorder("<"), copy=False)
         header[name] = {"dtype": _NAME_OF[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + len(data)]}
-        chunks.append(data)
-        offset += len(data)
+                        "data_offsets": [offset, offset + array.nbytes]}
+        arrays.append(array)
+        offset += array.nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
     encoded += b" " * ((-len(encoded)) % 8)
-    return struct.pack("<Q", len(encoded)) + encoded + b"".join(chunks)
+    start = 8 + len(encoded)
+    blob = bytearray(start + offset)
+    blob[:start] = struct.pack("<Q", len(encoded)) + encoded
+    for array in arrays:
+        blob[start:start + array.nbytes] = array.view(np.uint8).data
+        start += array.nbytes
+    return blob
 
 
 def loads(blob: bytes) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:

@@ -21,7 +21,7 @@ import torch
 from device_agent.errors import InvalidInput
 from device_agent.faults import failpoint
 from device_agent.model import safetensors_io
-from device_agent.model.memory import measure_saved_bytes, trainable_parameters
+from device_agent.model.memory import evaluation_batch, measure_saved_bytes, trainable_parameters
 from device_agent.model.network import AdaptedNet
 from device_agent.store import atomic
 from device_agent.training import data
@@ -330,7 +330,7 @@ class Trainer(object):
         metrics = {"epoch": epoch}  # type: Dict[str, float]
         if self.split.val:
             batches = data.loader(self.split.val, data.eval_transform(self.transforms),
-                                  self.watch.micro_batch * 2, shuffle=False)
+                                  evaluation_batch(self.watch.micro_batch), shuffle=False)
             scores = accuracy(self.net, batches, lean=self.config.lean, device=self.device)
             metrics.update(val_top1=scores["top1"], val_top5=scores["top5"])
             if scores["top1"] > self.best[0]:
@@ -377,7 +377,7 @@ class Trainer(object):
             "train_images": len(self.split.train), "val_images": len(self.split.val),
             "val_top1": self.best[0] if self.best[1] is not None else last.get("val_top1"),
             "trainable_params": trainable_parameters(self.net),
-            "saved_activation_mb": saved_mb, "peak_rss_mb": peak_rss_mb(),
+            "saved_activation_mb": saved_mb, "peak_rss_mb": self.watch.observe(),
             "images_per_sec": images_per_sec,
             "step_ms_p50": 1000 * _quantile(times, 0.5),
             "step_ms_p95": 1000 * _quantile(times, 0.95),

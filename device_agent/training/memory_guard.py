@@ -2,9 +2,11 @@
 
 Three layers, because no single one is a real cap on a Jetson:
 
-1. **Plan** (before the first step): the analytic estimator predicts a step's peak above the
-   resident model; the batch size (``"auto"``) or the micro-batch is chosen so that the
-   worker's resident memory plus that peak fits the limit. Nothing fits: a clear error.
+1. **Plan** (before the first step): the analytic estimator predicts the job's peak above the
+   resident worker (the step or the evaluation, whichever is larger, plus optimizer state,
+   the best epoch, the checkpoint and one-time buffers); the batch size (``"auto"``) or the
+   micro-batch is chosen so that the worker's whole RSS fits the limit. Nothing fits: a
+   clear error.
 2. **CUDA**: ``torch.cuda.set_per_process_memory_fraction`` caps PyTorch's allocator.
 3. **Watch** (every step): the step's RSS high-water mark and the system's MemAvailable.
    Over the limit, or MemAvailable below the reserve: the following steps run at half the
@@ -16,7 +18,7 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from device_agent.errors import MemoryBudgetExceeded
-from device_agent.model.memory import MB, estimate_step_bytes
+from device_agent.model.memory import MB, JobMemoryEstimate, estimate_job_bytes, materialize
 from device_agent.model.network import AdaptedNet
 from device_agent.procfs import kib_fields, status_kib
 
@@ -64,12 +66,21 @@ class MemoryPlan(object):
     """What the planner decided: the batch, its micro-batch, and the numbers behind them."""
 
     def __init__(self, batch_size: int, micro_batch: int, limit_mb: float,
-                 resident_mb: float, step_mb: float) -> None:
+                 resident_mb: float, job: JobMemoryEstimate) -> None:
         self.batch_size = batch_size
         self.micro_batch = micro_batch
         self.limit_mb = limit_mb
         self.resident_mb = resident_mb
-        self.step_mb = step_mb
+        self.job = job
+
+    @property
+    def job_mb(self) -> float:
+        return self.job.total / MB
+
+    @property
+    def peak_mb(self) -> float:
+        """The worker's whole RSS at its highest during the job, as planned."""
+        return self.resident_mb + self.job_mb
 
     @property
     def limit_or_none(self) -> Optional[float]:
@@ -78,8 +89,9 @@ class MemoryPlan(object):
     def as_dict(self) -> Dict[str, object]:
         return {"batch_size": self.batch_size, "micro_batch": self.micro_batch,
                 "memory_limit_mb": self.limit_or_none, "resident_mb": round(self.resident_mb, 1),
-                "estimated_step_mb": round(self.step_mb, 1),
-                "estimated_peak_mb": round(self.resident_mb + self.step_mb, 1)}
+                "estimated_step_mb": round(self.job.step / MB, 1),
+                "estimated_job_mb": round(self.job_mb, 1),
+                "estimated_peak_mb": round(self.peak_mb, 1)}
 
 
 def effective_limit_mb(limit_mb: float, resident_mb: float,
@@ -93,36 +105,48 @@ def effective_limit_mb(limit_mb: float, resident_mb: float,
     return resident_mb + max(available_mb - MIN_AVAILABLE_MB, 0.0)
 
 
+def warm_up(net: AdaptedNet, image_shape: Tuple[int, int, int], lean: bool) -> None:
+    """Create what the job's first passes would (derived weights for the training and the
+    evaluation path) before the resident memory is read: it is the job's, but of fixed size."""
+    materialize(net, torch.zeros((1,) + tuple(image_shape)), lean)
+    estimate_job_bytes(net, image_shape, 1, lean)  # a training-mode probe pass
+
+
 def plan_batch(net: AdaptedNet, image_shape: Tuple[int, int, int], batch_size: int,
                micro_batch: int, limit_mb: float, lean: bool, train_images: int,
                resident_mb: Optional[float] = None,
                available_mb: Optional[float] = None) -> MemoryPlan:
-    """Pick the batch (``batch_size`` 0 = auto) and micro-batch whose estimated step fits."""
+    """Pick the batch (``batch_size`` 0 = auto) and micro-batch whose whole job fits: the
+    worker's resident memory plus :func:`estimate_job_bytes` under the limit."""
+    if resident_mb is None:
+        warm_up(net, image_shape, lean)
     resident = rss_mb() if resident_mb is None else resident_mb
     resident = resident or 0.0
     available = mem_available_mb() if available_mb is None else available_mb
     limit = effective_limit_mb(limit_mb, resident, available)
     budget = limit - resident
 
-    def step_mb(images: int) -> float:
-        return estimate_step_bytes(net, image_shape, images, lean) / MB
+    def job(images: int) -> JobMemoryEstimate:
+        return estimate_job_bytes(net, image_shape, images, lean)
 
     if batch_size <= 0:  # auto: the largest candidate that fits in one pass
         candidates = [b for b in AUTO_BATCH_SIZES if b <= max(train_images, 2)] or [2]
         for candidate in candidates:
-            if step_mb(candidate) <= budget:
-                return MemoryPlan(candidate, 0, limit, resident, step_mb(candidate))
+            estimate = job(candidate)
+            if estimate.total / MB <= budget:
+                return MemoryPlan(candidate, 0, limit, resident, estimate)
         batch_size = candidates[-1]
     chunk = micro_batch if 0 < micro_batch < batch_size else batch_size
     can_split = net.domain.backbone is None  # finetune normalizes with batch statistics
     while True:
-        needed = step_mb(chunk)
+        estimate = job(chunk)
+        needed = estimate.total / MB
         if needed <= budget:
             return MemoryPlan(batch_size, chunk if chunk < batch_size else 0, limit, resident,
-                              needed)
+                              estimate)
         if not can_split or chunk == 1:
             raise MemoryBudgetExceeded(
-                "a training step needs about %.0f MB above the %.0f MB the worker holds, over "
+                "a training job needs about %.0f MB above the %.0f MB the worker holds, over "
                 "the %.0f MB limit%s; lower the resolution or batch size, or raise "
                 "memory_limit_mb" % (needed, resident, limit,
                                      "" if can_split else " (finetune cannot micro-batch)"))
@@ -138,13 +162,23 @@ class MemoryWatch(object):
         self.can_split = can_split  # finetune normalizes with batch statistics: no splitting
         self.micro_batch = plan.micro_batch or plan.batch_size
         self.adjustments = []  # type: list
-        self.peak_rss_mb = 0.0
+        self.peak_rss_mb = 0.0  # the highest step
+        self.job_peak_rss_mb = 0.0  # the whole job: steps, evaluations, checkpoints
         self.can_reset = reset_peak_rss()
         if device.type == "cuda":
             cap_cuda_allocator(plan.limit_mb, device)
 
+    def observe(self) -> float:
+        """The worker's RSS high-water mark since the job began (what the plan must bound).
+        Read before every reset, so what ran between steps (evaluation, checkpoints,
+        predictions beside the job) counts too."""
+        peak = step_peak_rss_mb() if self.can_reset else rss_mb()
+        self.job_peak_rss_mb = max(self.job_peak_rss_mb, peak or 0.0)
+        return self.job_peak_rss_mb
+
     def before_step(self) -> None:
         if self.can_reset:
+            self.observe()
             reset_peak_rss()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -153,6 +187,7 @@ class MemoryWatch(object):
         """Checks the step just taken; returns why the micro-batch was halved, if it was."""
         peak = step_peak_rss_mb() if self.can_reset else rss_mb()
         self.peak_rss_mb = max(self.peak_rss_mb, peak or 0.0)
+        self.observe()
         available = mem_available_mb()
         reason = None
         if peak is not None and peak > self.plan.limit_mb:
