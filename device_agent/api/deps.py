@@ -1,0 +1,82 @@
+"""What the routers need of the running daemon, as FastAPI dependencies (the "bigger
+applications" layout: https://fastapi.tiangolo.com/tutorial/bigger-applications/).
+
+A route names what it uses in its signature (``store: StoreDep``); this module is the one
+place that knows those objects live on ``app.state`` (put there by ``create_app`` and its
+lifespan). ``DomainName`` is a domain path parameter checked against the store's naming
+rule before the route runs: a bad name is the same 400 ``invalid_input`` problem+json the
+store gives, not a validation 422.
+"""
+from typing import List
+
+from fastapi import Depends, Path, Request
+from typing_extensions import Annotated  # typing's is 3.9+; pydantic 2 requires this package
+
+from device_agent.api.metrics import Metrics
+from device_agent.api.readiness import StoreCheck
+from device_agent.api.settings import Settings
+from device_agent.daemon.heartbeat import Heartbeat
+from device_agent.daemon.runner import JobRunner
+from device_agent.daemon.supervisor import WorkerSupervisor
+from device_agent.store.db import Store, check_domain_name
+from device_agent.store.files import DomainFiles
+from device_agent.telemetry.sampler import Sampler
+
+
+def _state(request: Request):
+    return request.app.state
+
+
+def get_settings(request: Request) -> Settings:
+    return _state(request).settings
+
+
+def get_store(request: Request) -> Store:
+    return _state(request).store
+
+
+def get_domain_files(request: Request) -> DomainFiles:
+    return _state(request).domain_files
+
+
+def get_store_check(request: Request) -> StoreCheck:
+    return _state(request).store_check
+
+
+def get_runner(request: Request) -> JobRunner:
+    return _state(request).runner
+
+
+def get_supervisor(request: Request) -> WorkerSupervisor:
+    return _state(request).supervisor
+
+
+def get_sampler(request: Request) -> Sampler:
+    return _state(request).sampler
+
+
+def get_metrics(request: Request) -> Metrics:
+    return _state(request).metrics
+
+
+def get_heartbeats(request: Request) -> List[Heartbeat]:
+    """The daemon threads /healthz watches (none before the lifespan has started them)."""
+    return getattr(_state(request), "heartbeats", [])
+
+
+def valid_domain(domain: Annotated[str, Path(
+        description="1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or "
+                    "digit")]) -> str:
+    return check_domain_name(domain)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[Store, Depends(get_store)]
+DomainFilesDep = Annotated[DomainFiles, Depends(get_domain_files)]
+StoreCheckDep = Annotated[StoreCheck, Depends(get_store_check)]
+RunnerDep = Annotated[JobRunner, Depends(get_runner)]
+SupervisorDep = Annotated[WorkerSupervisor, Depends(get_supervisor)]
+SamplerDep = Annotated[Sampler, Depends(get_sampler)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+HeartbeatsDep = Annotated[List[Heartbeat], Depends(get_heartbeats)]
+DomainName = Annotated[str, Depends(valid_domain)]
