@@ -6,6 +6,10 @@ place that knows those objects live on ``app.state`` (put there by ``create_app`
 lifespan). ``DomainName`` is a domain path parameter checked against the store's naming
 rule before the route runs: a bad name is the same 400 ``invalid_input`` problem+json the
 store gives, not a validation 422.
+
+Each dependency is ``async``: FastAPI runs a plain ``def`` dependency in its thread pool,
+and /healthz and /readyz must be answered on the event loop even when blocking routes (a
+predict waiting on the worker) hold every thread of that pool.
 """
 from typing import List
 
@@ -27,44 +31,44 @@ def _state(request: Request):
     return request.app.state
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return _state(request).settings
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     return _state(request).store
 
 
-def get_domain_files(request: Request) -> DomainFiles:
+async def get_domain_files(request: Request) -> DomainFiles:
     return _state(request).domain_files
 
 
-def get_store_check(request: Request) -> StoreCheck:
+async def get_store_check(request: Request) -> StoreCheck:
     return _state(request).store_check
 
 
-def get_runner(request: Request) -> JobRunner:
+async def get_runner(request: Request) -> JobRunner:
     return _state(request).runner
 
 
-def get_supervisor(request: Request) -> WorkerSupervisor:
+async def get_supervisor(request: Request) -> WorkerSupervisor:
     return _state(request).supervisor
 
 
-def get_sampler(request: Request) -> Sampler:
+async def get_sampler(request: Request) -> Sampler:
     return _state(request).sampler
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return _state(request).metrics
 
 
-def get_heartbeats(request: Request) -> List[Heartbeat]:
+async def get_heartbeats(request: Request) -> List[Heartbeat]:
     """The daemon threads /healthz watches (none before the lifespan has started them)."""
     return getattr(_state(request), "heartbeats", [])
 
 
-def valid_domain(domain: Annotated[str, Path(
+async def valid_domain(domain: Annotated[str, Path(
         description="1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or "
                     "digit")]) -> str:
     return check_domain_name(domain)
