@@ -11,7 +11,7 @@ Each dependency is ``async``: FastAPI runs a plain ``def`` dependency in its thr
 and /healthz and /readyz must be answered on the event loop even when blocking routes (a
 predict waiting on the worker) hold every thread of that pool.
 """
-from typing import List
+from typing import Any, Awaitable, Callable, List
 
 from fastapi import Depends, Path, Request
 from typing_extensions import Annotated  # typing's is 3.9+; pydantic 2 requires this package
@@ -27,45 +27,18 @@ from device_agent.store.files import DomainFiles
 from device_agent.telemetry.sampler import Sampler
 
 
-def _state(request: Request):
-    return request.app.state
+def _from_state(name: str) -> Callable[[Request], Awaitable[Any]]:
+    """The dependency that hands a route ``app.state.<name>``."""
+    async def dependency(request: Request) -> Any:
+        return getattr(request.app.state, name)
 
-
-async def get_settings(request: Request) -> Settings:
-    return _state(request).settings
-
-
-async def get_store(request: Request) -> Store:
-    return _state(request).store
-
-
-async def get_domain_files(request: Request) -> DomainFiles:
-    return _state(request).domain_files
-
-
-async def get_store_check(request: Request) -> StoreCheck:
-    return _state(request).store_check
-
-
-async def get_runner(request: Request) -> JobRunner:
-    return _state(request).runner
-
-
-async def get_supervisor(request: Request) -> WorkerSupervisor:
-    return _state(request).supervisor
-
-
-async def get_sampler(request: Request) -> Sampler:
-    return _state(request).sampler
-
-
-async def get_metrics(request: Request) -> Metrics:
-    return _state(request).metrics
+    dependency.__name__ = "get_" + name
+    return dependency
 
 
 async def get_heartbeats(request: Request) -> List[Heartbeat]:
     """The daemon threads /healthz watches (none before the lifespan has started them)."""
-    return getattr(_state(request), "heartbeats", [])
+    return getattr(request.app.state, "heartbeats", [])
 
 
 async def valid_domain(domain: Annotated[str, Path(
@@ -74,13 +47,13 @@ async def valid_domain(domain: Annotated[str, Path(
     return check_domain_name(domain)
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-StoreDep = Annotated[Store, Depends(get_store)]
-DomainFilesDep = Annotated[DomainFiles, Depends(get_domain_files)]
-StoreCheckDep = Annotated[StoreCheck, Depends(get_store_check)]
-RunnerDep = Annotated[JobRunner, Depends(get_runner)]
-SupervisorDep = Annotated[WorkerSupervisor, Depends(get_supervisor)]
-SamplerDep = Annotated[Sampler, Depends(get_sampler)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+SettingsDep = Annotated[Settings, Depends(_from_state("settings"))]
+StoreDep = Annotated[Store, Depends(_from_state("store"))]
+DomainFilesDep = Annotated[DomainFiles, Depends(_from_state("domain_files"))]
+StoreCheckDep = Annotated[StoreCheck, Depends(_from_state("store_check"))]
+RunnerDep = Annotated[JobRunner, Depends(_from_state("runner"))]
+SupervisorDep = Annotated[WorkerSupervisor, Depends(_from_state("supervisor"))]
+SamplerDep = Annotated[Sampler, Depends(_from_state("sampler"))]
+MetricsDep = Annotated[Metrics, Depends(_from_state("metrics"))]
 HeartbeatsDep = Annotated[List[Heartbeat], Depends(get_heartbeats)]
 DomainName = Annotated[str, Depends(valid_domain)]
