@@ -2,7 +2,8 @@
 
 An image's header says how many pixels decoding it will allocate; a 10 KB PNG can declare
 9000x9000 (about 700 MB once decoded). :func:`check_image_header` opens only the header
-(Pillow's ``Image.open`` is lazy) and refuses an image over the limit before ``load()``.
+(Pillow's ``Image.open`` is lazy) and refuses an image over the limit before ``load()``;
+:func:`read_images` reads a predict request's images within one byte budget and checks each.
 """
 import io
 from typing import BinaryIO, Iterable, List

@@ -86,6 +86,6 @@ def _event(sample) -> str:
 
 @metrics_router.get("/metrics", response_class=Response,
                     summary="Prometheus text format (token required unless configured off)")
-def metrics(metrics: MetricsDep) -> Response:
-    return Response(generate_latest(metrics.registry),
+def metrics(daemon_metrics: MetricsDep) -> Response:
+    return Response(generate_latest(daemon_metrics.registry),
                     media_type=CONTENT_TYPE_LATEST)
