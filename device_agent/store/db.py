@@ -7,7 +7,7 @@ events and telemetry summary (:mod:`.jobs`), adapter versions (:mod:`.versions`)
 telemetry history (:mod:`.history`).
 
 Mixins rather than a facade that forwards to parts: every method is written once, where its
-table is, and callers keep one object with the same methods (forwarding would list all 30
+table is, and callers keep one object with the same methods (forwarding would list all 32
 again, one more list to drift). A mixin depends only on :class:`.database.Database`; what
 one seam needs of another it takes from that module's functions, which act inside the
 caller's transaction (``promote_adapter`` adds a version and moves its job to succeeded in
