@@ -33,7 +33,8 @@ if [ ! -f "$VENV/.ready" ]; then
 fi
 echo "API side on $("$VENV/bin/python" --version) with pinned deps; worker on $WORKER_PYTHON" >&2
 cd "$ROOT"
+# tests/test_api_*.py: one file per router (the glob takes a new one in)
 DEVICE_AGENT_WORKER_PYTHON="$WORKER_PYTHON" PYTHONPATH="$ROOT" "$VENV/bin/python" -m pytest -q \
-  -p no:cacheprovider tests/test_api.py tests/test_telemetry.py tests/test_store.py \
+  -p no:cacheprovider tests/test_api_*.py tests/test_telemetry.py tests/test_store.py \
   tests/test_datasets.py tests/test_protocol.py tests/test_docs_offline.py tests/test_client.py \
   tests/test_staying_up.py tests/test_bounded_input.py "$@"

@@ -13,6 +13,26 @@ except ImportError:
     torch = None
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A live daemon of this test module's own (its data dir empty at the start): the API
+    tests' state is what each test makes in it. (base URL, data dir); its token is
+    api_calls.TOKEN, uploads are limited to api_calls.UPLOAD_LIMIT_MB, and telemetry replays
+    a Jetson Nano's log every 0.2 s."""
+    pytest.importorskip("fastapi")
+    import live_daemon
+    from api_calls import REPLAY, TOKEN, UPLOAD_LIMIT_MB
+
+    data_dir = str(tmp_path_factory.mktemp("data"))
+    proc, base = live_daemon.start(data_dir, TOKEN,
+                                   DEVICE_AGENT_MAX_UPLOAD_MB=str(UPLOAD_LIMIT_MB),
+                                   DEVICE_AGENT_TELEMETRY_SOURCE="replay",
+                                   DEVICE_AGENT_TELEMETRY_REPLAY=REPLAY,
+                                   DEVICE_AGENT_TELEMETRY_INTERVAL_S="0.2")
+    yield base, data_dir
+    live_daemon.stop(proc)
+
+
 @pytest.fixture(scope="session")
 def digits_dir(tmp_path_factory):
     """Real handwritten digits (UCI, shipped in scikit-learn) as an ImageFolder."""

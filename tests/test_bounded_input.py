@@ -12,8 +12,8 @@ import zipfile
 
 import live_daemon
 import pytest
+from api_calls import TOKEN, call, multipart, png, wait_for_job, zipped  # wait_for_job: TOKEN
 from bounded_inputs import png_header_only, tar_gz_of_headers
-from test_api import TOKEN, call, multipart, png, wait_for_job, zipped  # wait_for_job: TOKEN
 
 REFUSED_CODES = ("bad_artifact", "invalid_input", "payload_too_large", "image_too_large")
 

@@ -8,8 +8,8 @@ import time
 
 import live_daemon
 import pytest
+from api_calls import TOKEN, call, multipart, wait_for_job, zipped
 from browser import open_browser, webdriver_or_skip
-from test_api import TOKEN, call, multipart, wait_for_job, zipped
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPLAY = os.path.join(ROOT, "deploy", "replay", "nano-training.log")

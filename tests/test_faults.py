@@ -10,8 +10,8 @@ import time
 
 import live_daemon
 import pytest
+from api_calls import call, multipart, zipped
 from PIL import Image
-from test_api import call, multipart, zipped
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "fault-token"

@@ -7,8 +7,8 @@ import uuid
 
 import live_daemon
 import pytest
+from api_calls import call, multipart, zipped
 from hostile_corpus import ESCAPE_NAME, corpus
-from test_api import call, multipart, zipped
 
 TOKEN = "hostile-token"
 CASES = list(corpus())

@@ -16,8 +16,8 @@ import time
 
 import live_daemon
 import pytest
-from test_api import call as api_call
-from test_api import multipart, zipped
+from api_calls import call as api_call
+from api_calls import multipart, zipped
 
 TOKEN = "staying-up-token"
 HEADER_TIMEOUT_S = 2

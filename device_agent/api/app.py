@@ -21,6 +21,7 @@ from device_agent.api.docs import SecurityHeaders, add_docs
 from device_agent.api.limits import BodyLimit, is_upload
 from device_agent.api.metrics import Metrics
 from device_agent.api.problems import problem
+from device_agent.api.readiness import StoreCheck
 from device_agent.api.routers import dashboard, datasets, domains, jobs, system, telemetry
 from device_agent.api.schemas import ERROR_RESPONSES
 from device_agent.api.settings import Settings
@@ -30,6 +31,7 @@ from device_agent.daemon.runner import JobRunner
 from device_agent.daemon.supervisor import WorkerSupervisor
 from device_agent.errors import AgentError
 from device_agent.store.db import Store
+from device_agent.store.files import DomainFiles
 from device_agent.store.layout import DataPaths
 from device_agent.telemetry.sampler import Sampler
 from device_agent.telemetry.sources import open_source
@@ -75,8 +77,11 @@ def create_app(settings: Settings) -> FastAPI:
         sampler = _sampler(settings, store, runner, supervisor)
         metrics = Metrics(sampler, store)
         runner.listeners.append(metrics.observe_event)
+        # what the routers use, each through its dependency in device_agent.api.deps
         app.state.store, app.state.runner, app.state.supervisor = store, runner, supervisor
         app.state.sampler, app.state.metrics = sampler, metrics
+        app.state.domain_files = DomainFiles(store, paths)
+        app.state.store_check = StoreCheck(store, paths.root)
         # the threads /healthz watches: dead or stuck, the orchestrator restarts the daemon
         app.state.heartbeats = [supervisor.heartbeat, runner.heartbeat, sampler.heartbeat]
         supervisor.start()

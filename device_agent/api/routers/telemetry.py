@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from device_agent.api.deps import MetricsDep, SamplerDep
 from device_agent.api.schemas import TelemetrySample
 from device_agent.errors import Conflict
 
@@ -21,12 +22,11 @@ POLL_S = 0.1
 
 @router.get("/telemetry", response_model=List[TelemetrySample],
             summary="the latest sample, or with since/until/step a downsampled range")
-def telemetry(request: Request,
+def telemetry(sampler: SamplerDep,
               since: Optional[float] = Query(None, description="Unix time; from here"),
               until: Optional[float] = Query(None, description="Unix time; up to here"),
               step: float = Query(0.0, ge=0, le=86400,
                                   description="bucket seconds (0: every sample)")) -> list:
-    sampler = request.app.state.sampler
     if since is None and until is None:
         latest = sampler.latest()
         if latest is None:
@@ -40,10 +40,9 @@ def telemetry(request: Request,
 @router.get("/telemetry/stream", summary="Server-Sent Events: one `sample` event per sample",
             response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}}})
-async def telemetry_stream(request: Request,
+async def telemetry_stream(request: Request, sampler: SamplerDep,
                            limit: int = Query(0, ge=0, le=1000000,
                                               description="stop after this many (0: never)")):
-    sampler = request.app.state.sampler
     subscriber = sampler.subscribe()
 
     async def events():
@@ -87,6 +86,6 @@ def _event(sample) -> str:
 
 @metrics_router.get("/metrics", response_class=Response,
                     summary="Prometheus text format (token required unless configured off)")
-def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry),
+def metrics(daemon_metrics: MetricsDep) -> Response:
+    return Response(generate_latest(daemon_metrics.registry),
                     media_type=CONTENT_TYPE_LATEST)
