@@ -97,7 +97,8 @@ def estimate_saved_bytes(net: AdaptedNet, image_shape: Tuple[int, int, int],
     net.train()
     try:
         with torch.enable_grad():
-            features = _features_for_estimate(net, torch.zeros((PROBE,) + tuple(image_shape)))
+            probe = torch.zeros((PROBE,) + tuple(image_shape), device=device_of(net))
+            features = _features_for_estimate(net, probe)
     finally:
         for handle in handles:
             handle.remove()
@@ -166,6 +167,11 @@ def estimate_job_bytes(net: AdaptedNet, image_shape: Tuple[int, int, int], micro
     return JobMemoryEstimate(saved=estimate["lean" if lean else "plain"],
                              largest_activation=estimate["largest_activation"],
                              trainable=4.0 * trainable_parameters(net))
+
+
+def device_of(net: AdaptedNet) -> torch.device:
+    """Where the net's weights are (the probe's input goes there too: a job on CUDA)."""
+    return next(itertools.chain(net.parameters(), net.buffers())).device
 
 
 def _features_for_estimate(net: AdaptedNet, x: torch.Tensor) -> torch.Tensor:

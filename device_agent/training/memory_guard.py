@@ -18,7 +18,13 @@ from typing import Dict, Optional, Tuple
 import torch
 
 from device_agent.errors import MemoryBudgetExceeded
-from device_agent.model.memory import MB, JobMemoryEstimate, estimate_job_bytes, materialize
+from device_agent.model.memory import (
+    MB,
+    JobMemoryEstimate,
+    device_of,
+    estimate_job_bytes,
+    materialize,
+)
 from device_agent.model.network import AdaptedNet
 from device_agent.procfs import kib_fields, status_kib
 
@@ -108,7 +114,7 @@ def effective_limit_mb(limit_mb: float, resident_mb: float,
 def warm_up(net: AdaptedNet, image_shape: Tuple[int, int, int], lean: bool) -> None:
     """Create what the job's first passes would (derived weights for the training and the
     evaluation path) before the resident memory is read: it is the job's, but of fixed size."""
-    materialize(net, torch.zeros((1,) + tuple(image_shape)), lean)
+    materialize(net, torch.zeros((1,) + tuple(image_shape), device=device_of(net)), lean)
     estimate_job_bytes(net, image_shape, 1, lean)  # a training-mode probe pass
 
 
