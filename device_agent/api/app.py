@@ -68,6 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
         env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
         if settings.threads:  # else the worker sizes its threads to its own CPU budget
             env[THREADS_ENV] = str(settings.threads)
+        env["DEVICE_AGENT_PREDICT_BACKEND"] = settings.predict_backend  # worker/backends.py
         supervisor = WorkerSupervisor(worker_command(settings), runner.on_event,
                                       runner.on_worker_exit, env=env,
                                       stuck_after_s=settings.stuck_after_s)

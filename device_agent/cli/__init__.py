@@ -159,6 +159,9 @@ def _add_serve(commands) -> None:
     p.add_argument("--threads", type=int,
                    help="fix the worker's torch threads (default 0: tuned within the CPUs its "
                         "affinity and cgroup quota allow; README: Sharing the CPU)")
+    p.add_argument("--predict-backend", choices=("torch", "onnxruntime", "tensorrt"),
+                   help="what answers predictions (default torch; one the worker cannot run "
+                        "falls back to torch with a logged reason)")
     p.add_argument("--demo", action="store_true", default=None,
                    help="upload the demo domain (digits) at start and queue its training")
 

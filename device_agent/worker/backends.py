@@ -1,0 +1,270 @@
+"""Which runtime answers a prediction: ``torch`` (eager, the default), ``onnxruntime`` (the
+domain's ONNX export) or ``tensorrt`` (an FP16 engine built from that export, on CUDA).
+
+The daemon picks one (``device-agent serve --predict-backend``, or
+``DEVICE_AGENT_PREDICT_BACKEND``; the worker reads the variable). A backend that cannot run
+here -- its module missing, no CUDA for TensorRT -- falls back to torch with a logged reason,
+and so does one domain whose export fails (a method the exporter refuses, parity over the
+tolerance): a prediction is always answered, and its reply names the backend that answered.
+
+Exports and engines are cached under the domain, per adapter version and exporter settings
+(``domains/<d>/exports/<version>-<weights sha>/``), so a new version, an activation or a
+rollback loads the matching export, never an old one. Python 3.6 compatible: onnxruntime
+1.10 and TensorRT 8.0/8.2 (JetPack 4.6) have Python 3.6 builds.
+"""
+import logging
+import os
+from collections import OrderedDict
+from typing import Dict, List, NamedTuple, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+from device_agent.export.tensorrt import build_engine
+from device_agent.training import data
+from device_agent.training.inference import classify
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+PREDICT_BACKEND_ENV = "DEVICE_AGENT_PREDICT_BACKEND"
+# The export the backends run: the backbone's normalisation inside the graph (input RGB in
+# [0, 1]), probabilities out, the opset JetPack 4.6's TensorRT parses. (The exporter is
+# imported only when a backend needs it: the torch backend must not need onnx installed.)
+EXPORT_SETTINGS = {"input_norm": "builtin", "softmax": True, "opset": 13}
+EXPORT_TAG = "onnx-builtin-softmax-op13"
+CACHED_MODELS = 8  # loaded sessions/engines, least recently used dropped first
+
+log = logging.getLogger(__name__)
+Tops = List[List[Dict[str, object]]]
+
+
+class Answer(NamedTuple):
+    tops: Tops
+    backend: str          # the backend that answered
+
+
+class BackendChoice(NamedTuple):
+    requested: str
+    active: str
+    reason: str           # why active differs from requested ("" when it does not)
+
+
+def requested_backend(environ: Dict[str, str]) -> str:
+    return environ.get(PREDICT_BACKEND_ENV, "").strip().lower() or "torch"
+
+
+def choose_backend(requested: str, device: torch.device) -> BackendChoice:
+    """``requested`` where this machine can run it, else torch and the reason."""
+    if requested not in BACKENDS:
+        return BackendChoice(requested, "torch", "unknown predict backend %r (one of %s)"
+                             % (requested, ", ".join(BACKENDS)))
+    missing = _missing_requirement(requested, device)
+    if missing:
+        return BackendChoice(requested, "torch", missing)
+    return BackendChoice(requested, requested, "")
+
+
+def _missing_requirement(backend: str, device: torch.device) -> str:
+    if backend == "onnxruntime" and _optional_module("onnxruntime") is None:
+        return "onnxruntime is not installed (pip install onnxruntime)"
+    if backend == "tensorrt":
+        if _optional_module("tensorrt") is None:
+            return "the tensorrt Python module does not import (JetPack: python3-libnvinfer)"
+        if device.type != "cuda":
+            return "TensorRT runs on CUDA and the worker's device is %s" % device
+    return ""
+
+
+def _optional_module(name: str):
+    try:
+        return __import__(name)
+    except Exception:  # ImportError, or a broken install failing to load its libraries
+        return None
+
+
+def export_dir(adapter_dir: str, config: Dict[str, object]) -> str:
+    """Where the worker's export of this adapter version lives: beside ``adapters/`` under
+    the domain, named by the version's directory, its weights' SHA-256 and the exporter
+    settings, so that no other version or setting can ever match it."""
+    adapter_dir = os.path.abspath(adapter_dir)
+    domain_dir = os.path.dirname(os.path.dirname(adapter_dir))
+    version = "%s-%s" % (os.path.basename(adapter_dir), str(config["weights_sha256"])[:16])
+    return os.path.join(domain_dir, "exports", version, EXPORT_TAG)
+
+
+def ensure_export(adapter_dir: str, config: Dict[str, object]) -> str:
+    """The cached model.onnx of this adapter version, exported (with its parity check) when
+    missing. export.json is the bundle's last file: without it the export is redone."""
+    from device_agent.export import onnx_export
+
+    out_dir = export_dir(adapter_dir, config)
+    onnx_path = os.path.join(out_dir, onnx_export.ONNX_NAME)
+    if not (os.path.isfile(onnx_path)
+            and os.path.isfile(os.path.join(out_dir, onnx_export.METADATA_NAME))):
+        onnx_path = onnx_export.export_domain(adapter_dir, out_dir, **EXPORT_SETTINGS).onnx_path
+    return onnx_path
+
+
+def unit_range_batch(config: Dict[str, object], images: List[Image.Image]) -> np.ndarray:
+    """The export's input: the evaluation crop of :func:`classify`, RGB in [0, 1] NCHW
+    (the graph applies the backbone's mean and std itself)."""
+    settings = data.TransformSettings(int(config["input_size"]), [0.0, 0.0, 0.0],
+                                      [1.0, 1.0, 1.0])
+    transform = data.eval_transform(settings)
+    return np.stack([transform(data.to_rgb(image)).numpy() for image in images])
+
+
+def top_k(probabilities: np.ndarray, names: List[str], k: int) -> Tops:
+    """The reply of :func:`classify`, from a (images, classes) array of probabilities."""
+    k = min(k, probabilities.shape[1])
+    tops = []
+    for row in probabilities:
+        best = np.argsort(-row, kind="stable")[:k]
+        tops.append([{"class": names[i], "probability": round(float(row[i]), 6)}
+                     for i in best])
+    return tops
+
+
+# --- runtimes ---------------------------------------------------------------------------
+
+class OnnxRuntimeModel(object):
+    """An onnxruntime session on the CPU. A fixed batch of 1 (the export jetson-inference
+    needs) runs image by image; a dynamic batch dimension runs the batch at once."""
+
+    def __init__(self, onnx_path: str, threads: int) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        options.inter_op_num_threads = 1
+        # Idle threads sleep instead of spinning: the CPU is shared with a training job
+        # (onnxruntime docs, "Thread management": session.intra_op.allow_spinning).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = onnxruntime.InferenceSession(onnx_path, options,
+                                                    providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0]
+        self.fixed_batch = self.input.shape[0] if isinstance(self.input.shape[0], int) else 0
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        chunk = self.fixed_batch or len(batch)
+        outputs = [self.session.run(None, {self.input.name: batch[i:i + chunk]})[0]
+                   for i in range(0, len(batch), chunk)]
+        return np.concatenate(outputs).astype(np.float32)
+
+
+class TensorRTModel(object):
+    """A serialized engine run on the worker's CUDA device, with torch tensors as the
+    buffers (no pycuda needed). TensorRT 8.5+ names tensors (execute_async_v3); older
+    versions take a list of bindings (execute_async_v2)."""
+
+    def __init__(self, engine_path: str, device: torch.device) -> None:
+        import tensorrt as trt
+
+        self.device = device
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        with open(engine_path, "rb") as handle:
+            self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(handle.read())
+        if self.engine is None:
+            raise RuntimeError("TensorRT could not load %s" % engine_path)
+        self.context = self.engine.create_execution_context()
+        self.input_name, self.output_name = "input_0", "output_0"  # the exporter's names
+        self.named = hasattr(self.context, "execute_async_v3")
+
+    def _shape(self, name: str) -> Tuple[int, ...]:
+        if self.named:
+            return tuple(self.engine.get_tensor_shape(name))
+        return tuple(self.engine.get_binding_shape(self.engine.get_binding_index(name)))
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        input_shape, output_shape = self._shape(self.input_name), self._shape(self.output_name)
+        outputs = []
+        for start in range(0, len(batch), input_shape[0]):
+            chunk = torch.from_numpy(batch[start:start + input_shape[0]])
+            outputs.append(self._run(chunk, output_shape)[:len(chunk)])
+        return np.concatenate(outputs)
+
+    def _run(self, chunk: torch.Tensor, output_shape: Tuple[int, ...]) -> np.ndarray:
+        inputs = torch.zeros(self._shape(self.input_name), dtype=torch.float32,
+                             device=self.device)
+        inputs[:len(chunk)] = chunk.to(self.device)
+        outputs = torch.empty(output_shape, dtype=torch.float32, device=self.device)
+        stream = torch.cuda.current_stream(self.device)
+        if self.named:
+            self.context.set_tensor_address(self.input_name, inputs.data_ptr())
+            self.context.set_tensor_address(self.output_name, outputs.data_ptr())
+            ok = self.context.execute_async_v3(stream.cuda_stream)
+        else:
+            bindings = [0] * self.engine.num_bindings
+            bindings[self.engine.get_binding_index(self.input_name)] = inputs.data_ptr()
+            bindings[self.engine.get_binding_index(self.output_name)] = outputs.data_ptr()
+            ok = self.context.execute_async_v2(bindings, stream.cuda_stream)
+        stream.synchronize()
+        if not ok:
+            raise RuntimeError("TensorRT failed to run the engine")
+        return outputs.cpu().numpy()
+
+
+# --- the worker's entry point -------------------------------------------------------------
+
+class PredictBackends(object):
+    """The worker's predictions through the chosen backend, with per-domain fallback."""
+
+    def __init__(self, requested: str, device: torch.device, threads: int) -> None:
+        self.choice = choose_backend(requested, device)
+        self.device = device
+        self.threads = threads
+        self.models = OrderedDict()  # domain -> (adapter_dir, model), least recent first
+        self.refused = {}  # type: Dict[str, Tuple[str, str]]  # domain -> (adapter_dir, why)
+        if self.choice.reason:
+            log.warning("predict backend %s unavailable, using torch: %s",
+                        requested, self.choice.reason)
+
+    @classmethod
+    def from_environ(cls, device: torch.device, threads: int) -> "PredictBackends":
+        return cls(requested_backend(dict(os.environ)), device, threads)
+
+    def as_dict(self) -> Dict[str, str]:
+        return dict(self.choice._asdict())
+
+    def classify(self, domain: str, adapter_dir: str, net: torch.nn.Module,
+                 config: Dict[str, object], images: List[Image.Image], k: int) -> Answer:
+        model = self._model(domain, adapter_dir, config)
+        if model is None:
+            return Answer(classify(net, config, images, k, self.device), "torch")
+        probabilities = model.probabilities(unit_range_batch(config, images))
+        return Answer(top_k(probabilities, list(config["class_names"]), k), self.choice.active)
+
+    def forget(self, domain: str) -> None:
+        self.models.pop(domain, None)
+        self.refused.pop(domain, None)
+
+    def _model(self, domain: str, adapter_dir: str, config: Dict[str, object]):
+        """The domain's loaded runtime, or None: predict with torch."""
+        if self.choice.active == "torch" or self.refused.get(domain, ("",))[0] == adapter_dir:
+            return None
+        cached = self.models.get(domain)
+        if cached is not None and cached[0] == adapter_dir:
+            self.models.move_to_end(domain)
+            return cached[1]
+        try:
+            model = self._load(adapter_dir, config)
+        except Exception as exc:  # an export refused, an engine not built: torch answers
+            why = "%s: %s" % (type(exc).__name__, exc)
+            self.refused[domain] = (adapter_dir, why)
+            log.warning("domain %s runs on torch, not %s: %s", domain, self.choice.active, why)
+            return None
+        self.models[domain] = (adapter_dir, model)
+        while len(self.models) > CACHED_MODELS:
+            self.models.popitem(last=False)
+        return model
+
+    def _load(self, adapter_dir: str, config: Dict[str, object]):
+        onnx_path = ensure_export(adapter_dir, config)
+        if self.choice.active == "onnxruntime":
+            return OnnxRuntimeModel(onnx_path, self.threads)
+        # beside the bundle, not in it: the exporter replaces only a directory of its files
+        engines = os.path.join(os.path.dirname(os.path.dirname(onnx_path)), "engines")
+        result = build_engine(onnx_path, engines, "fp16")
+        if not result.available:
+            raise RuntimeError(result.reason)
+        return TensorRTModel(str(result.engine_path), self.device)
