@@ -85,7 +85,7 @@ class Worker(object):
         self.backends = PredictBackends.from_environ(self.device, threads.intra_op)
         self.handlers = {"status": self.status, "train": self.train, "predict": self.predict,
                          "load": self.load, "forget": self.forget, "cancel": self.cancel,
-                         "shutdown": self.status}
+                         "shutdown": self.status, "export": self.export}
 
     def serve(self) -> int:
         self.peer.send("hello", agent_version=__version__, protocol=messages.PROTOCOL_VERSION,
@@ -152,6 +152,15 @@ class Worker(object):
         thread.start()
         return {"started": True, "classes": split.classes, "train_images": len(split.train),
                 "val_images": len(split.val)}
+
+    def export(self, header: dict, payload: bytes) -> Dict[str, object]:
+        """An adapter version's ONNX bundle (device_agent/export). Not beside a training
+        job: on a 4 GB board a second backbone and the exporter's trace would crowd it."""
+        if self.job is not None:
+            raise Conflict("the worker is training job %s; export after it" % self.job[0])
+        from device_agent.export.worker_request import handle_export
+
+        return handle_export(header)
 
     def cancel(self, header: dict, payload: bytes) -> Dict[str, object]:
         if self.job is None or self.job[0] != header["job_id"]:
