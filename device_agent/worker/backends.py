@@ -7,10 +7,13 @@ here -- its module missing, no CUDA for TensorRT -- falls back to torch with a l
 and so does one domain whose export fails (a method the exporter refuses, parity over the
 tolerance): a prediction is always answered, and its reply names the backend that answered.
 
-Exports and engines are cached under the domain, per adapter version and exporter settings
-(``domains/<d>/exports/<version>-<weights sha>/``), so a new version, an activation or a
-rollback loads the matching export, never an old one. Python 3.6 compatible: onnxruntime
-1.10 and TensorRT 8.0/8.2 (JetPack 4.6) have Python 3.6 builds.
+Exports are those of the domain's export cache (``domains/<d>/exports/``, keyed by the
+adapter's content and the exporter settings: device_agent.export.cache), engines are cached
+per exported graph (``domains/<d>/engines/``, keyed again inside: export/tensorrt.py), and
+a loaded runtime is reused only for the adapter directory it was made from; so a new
+version, an activation or a rollback runs the matching export, never an old one.
+Python 3.6 compatible: onnxruntime 1.10 and TensorRT 8.0/8.2 (JetPack 4.6) have Python 3.6
+builds.
 """
 import logging
 import os
@@ -27,12 +30,8 @@ from device_agent.training.inference import classify
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 PREDICT_BACKEND_ENV = "DEVICE_AGENT_PREDICT_BACKEND"
-# The export the backends run: the backbone's normalisation inside the graph (input RGB in
-# [0, 1]), probabilities out, the opset JetPack 4.6's TensorRT parses. (The exporter is
-# imported only when a backend needs it: the torch backend must not need onnx installed.)
-EXPORT_SETTINGS = {"input_norm": "builtin", "softmax": True, "opset": 13}
-EXPORT_TAG = "onnx-builtin-softmax-op13"
 CACHED_MODELS = 8  # loaded sessions/engines, least recently used dropped first
+KEPT_ENGINES = 4  # engine directories kept per domain on disk (as the export cache keeps)
 
 log = logging.getLogger(__name__)
 Tops = List[List[Dict[str, object]]]
@@ -82,27 +81,22 @@ def _optional_module(name: str):
         return None
 
 
-def export_dir(adapter_dir: str, config: Dict[str, object]) -> str:
-    """Where the worker's export of this adapter version lives: beside ``adapters/`` under
-    the domain, named by the version's directory, its weights' SHA-256 and the exporter
-    settings, so that no other version or setting can ever match it."""
-    adapter_dir = os.path.abspath(adapter_dir)
-    domain_dir = os.path.dirname(os.path.dirname(adapter_dir))
-    version = "%s-%s" % (os.path.basename(adapter_dir), str(config["weights_sha256"])[:16])
-    return os.path.join(domain_dir, "exports", version, EXPORT_TAG)
+def domain_dir(adapter_dir: str) -> str:
+    """``domains/<d>`` of an adapter version at ``domains/<d>/adapters/<version>``."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(adapter_dir)))
 
 
-def ensure_export(adapter_dir: str, config: Dict[str, object]) -> str:
-    """The cached model.onnx of this adapter version, exported (with its parity check) when
-    missing. export.json is the bundle's last file: without it the export is redone."""
-    from device_agent.export import onnx_export
+def export_cache_root(adapter_dir: str) -> str:
+    """The domain's export cache, shared with GET /v1/domains/{d}/export: the backends run
+    its default export (builtin normalisation, softmax, opset 13, batch 1), keyed by the
+    adapter's content (device_agent.export.cache), so no other version can match it."""
+    return os.path.join(domain_dir(adapter_dir), "exports")
 
-    out_dir = export_dir(adapter_dir, config)
-    onnx_path = os.path.join(out_dir, onnx_export.ONNX_NAME)
-    if not (os.path.isfile(onnx_path)
-            and os.path.isfile(os.path.join(out_dir, onnx_export.METADATA_NAME))):
-        onnx_path = onnx_export.export_domain(adapter_dir, out_dir, **EXPORT_SETTINGS).onnx_path
-    return onnx_path
+
+def engine_cache_dir(adapter_dir: str, onnx_sha256: str) -> str:
+    """One engine directory per exported graph, beside the exports (the export cache
+    prunes its own directory)."""
+    return os.path.join(domain_dir(adapter_dir), "engines", onnx_sha256[:32])
 
 
 def unit_range_batch(config: Dict[str, object], images: List[Image.Image]) -> np.ndarray:
@@ -228,7 +222,7 @@ class PredictBackends(object):
 
     def classify(self, domain: str, adapter_dir: str, net: torch.nn.Module,
                  config: Dict[str, object], images: List[Image.Image], k: int) -> Answer:
-        model = self._model(domain, adapter_dir, config)
+        model = self._model(domain, adapter_dir)
         if model is None:
             return Answer(classify(net, config, images, k, self.device), "torch")
         probabilities = model.probabilities(unit_range_batch(config, images))
@@ -238,7 +232,7 @@ class PredictBackends(object):
         self.models.pop(domain, None)
         self.refused.pop(domain, None)
 
-    def _model(self, domain: str, adapter_dir: str, config: Dict[str, object]):
+    def _model(self, domain: str, adapter_dir: str):
         """The domain's loaded runtime, or None: predict with torch."""
         if self.choice.active == "torch" or self.refused.get(domain, ("",))[0] == adapter_dir:
             return None
@@ -247,7 +241,7 @@ class PredictBackends(object):
             self.models.move_to_end(domain)
             return cached[1]
         try:
-            model = self._load(adapter_dir, config)
+            model = self._load(adapter_dir)
         except Exception as exc:  # an export refused, an engine not built: torch answers
             why = "%s: %s" % (type(exc).__name__, exc)
             self.refused[domain] = (adapter_dir, why)
@@ -258,13 +252,16 @@ class PredictBackends(object):
             self.models.popitem(last=False)
         return model
 
-    def _load(self, adapter_dir: str, config: Dict[str, object]):
-        onnx_path = ensure_export(adapter_dir, config)
+    def _load(self, adapter_dir: str):
+        from device_agent.export.cache import cached_export, prune
+
+        export = cached_export(adapter_dir, export_cache_root(adapter_dir))
         if self.choice.active == "onnxruntime":
-            return OnnxRuntimeModel(onnx_path, self.threads)
-        # beside the bundle, not in it: the exporter replaces only a directory of its files
-        engines = os.path.join(os.path.dirname(os.path.dirname(onnx_path)), "engines")
-        result = build_engine(onnx_path, engines, "fp16")
+            return OnnxRuntimeModel(export.onnx_path, self.threads)
+        engines = engine_cache_dir(adapter_dir, export.onnx_sha256)
+        result = build_engine(export.onnx_path, engines, "fp16")
         if not result.available:
             raise RuntimeError(result.reason)
+        os.utime(engines)  # most recently used: kept longest
+        prune(os.path.dirname(engines), keep=KEPT_ENGINES)
         return TensorRTModel(str(result.engine_path), self.device)
