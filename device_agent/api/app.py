@@ -21,7 +21,7 @@ from device_agent.api.docs import SecurityHeaders, add_docs
 from device_agent.api.limits import BodyLimit, is_upload
 from device_agent.api.metrics import Metrics
 from device_agent.api.problems import problem
-from device_agent.api.routers import dashboard, datasets, domains, jobs, system, telemetry
+from device_agent.api.routers import dashboard, datasets, domains, export, jobs, system, telemetry
 from device_agent.api.schemas import ERROR_RESPONSES
 from device_agent.api.settings import Settings
 from device_agent.api.timing import RequestTiming
@@ -135,7 +135,7 @@ def create_app(settings: Settings) -> FastAPI:
     add_docs(app)
     app.include_router(system.router)
     app.include_router(dashboard.router)
-    for router in (datasets.router, jobs.router, domains.router, telemetry.router):
+    for router in (datasets.router, jobs.router, domains.router, telemetry.router, export.router):
         app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)],
                            responses=ERROR_RESPONSES)
     app.include_router(telemetry.metrics_router, dependencies=[Depends(require_token)]

@@ -14,12 +14,14 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
+import warnings
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
 from device_agent import __version__, artifacts
 from device_agent.errors import ArtifactError, ExportParityError, InvalidInput
+from device_agent.export.onnx_fold import make_static
 from device_agent.store import atomic
 
 INPUT_NAME = "input_0"
@@ -68,19 +70,21 @@ def export_domain(adapter_dir: str, out_dir: str, *, input_norm: str = "builtin"
     more than ``tolerance`` or on any top-1 class; ``out_dir`` is then left as it was.
     """
     _check_options(input_norm, opset, tolerance, batch_size)
+    out_dir = os.path.abspath(out_dir)
+    _check_out_dir(out_dir)  # before the work, and again at the rename
     from device_agent.export.graph import ExportNet
 
     net, config = load_adapter(adapter_dir)
     size = int(config["input_size"])
     model = ExportNet(net, size, config["mean"], config["std"], input_norm, softmax).eval()
     images, source = parity_inputs(parity_images, size)
-    out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
         onnx_path = os.path.join(staging, ONNX_NAME)
         write_onnx(model, onnx_path, (batch_size, 3, size, size), opset)
+        make_static(onnx_path, (batch_size, 3, size, size))
         _fsync(onnx_path)
         graph = read_graph(onnx_path)
         reference = torch_reference(net, config, images, softmax)
@@ -148,7 +152,10 @@ def write_onnx(model: torch.nn.Module, path: str, shape: Sequence[int], opset: i
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # every size is a constant at the fixed export size: the tracer's warnings that
+            # Python values become constants state the intent here
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(model, torch.zeros(*shape), path, **kwargs)
     except (RuntimeError, ValueError, TypeError) as exc:  # an operator it cannot write
         raise InvalidInput("the ONNX exporter failed at opset %d: %s" % (opset, exc)) from exc
@@ -181,7 +188,11 @@ def read_graph(path: str) -> GraphInfo:
 
 
 def _dims(value_info) -> Tuple[int, ...]:
-    return tuple(int(d.dim_value) for d in value_info.type.tensor_type.shape.dim)
+    """A static shape (jetson-inference and TensorRT without optimisation profiles)."""
+    dims = value_info.type.tensor_type.shape.dim
+    if not dims or not all(d.HasField("dim_value") and d.dim_value > 0 for d in dims):
+        raise ArtifactError("the graph's %s has no static shape" % value_info.name)
+    return tuple(int(d.dim_value) for d in dims)
 
 
 def parity_inputs(paths: Optional[Sequence[str]], size: int):
@@ -297,20 +308,26 @@ def describe(config: Dict[str, object], adapter_dir: str, graph: GraphInfo, onnx
 def _publish(staging: str, out_dir: str) -> None:
     """Rename the verified bundle into place. An ``out_dir`` that holds a bundle (or
     nothing) is replaced; one that holds other files is refused, never overwritten."""
+    _check_out_dir(out_dir)
+    if os.path.isdir(out_dir):
+        retired = tempfile.mkdtemp(prefix=".retired-", dir=os.path.dirname(out_dir))
+        os.rename(out_dir, os.path.join(retired, "bundle"))
+        os.rename(staging, out_dir)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.rename(staging, out_dir)
+    _fsync(os.path.dirname(out_dir))
+
+
+def _check_out_dir(out_dir: str) -> None:
+    """``out_dir`` is new, empty or an export bundle: anything else is never overwritten."""
     if os.path.isdir(out_dir):
         extra = sorted(set(os.listdir(out_dir)) - set(BUNDLE_FILES))
         if extra:
             raise InvalidInput("%s holds files that are not an export bundle (%s); choose an "
                                "empty or new directory" % (out_dir, ", ".join(extra[:3])))
-        retired = tempfile.mkdtemp(prefix=".retired-", dir=os.path.dirname(out_dir))
-        os.rename(out_dir, os.path.join(retired, "bundle"))
-        os.rename(staging, out_dir)
-        shutil.rmtree(retired, ignore_errors=True)
     elif os.path.exists(out_dir):
         raise InvalidInput("%s exists and is not a directory" % out_dir)
-    else:
-        os.rename(staging, out_dir)
-    _fsync(os.path.dirname(out_dir))
 
 
 def _fsync(path: str) -> None:
