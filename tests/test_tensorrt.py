@@ -291,3 +291,88 @@ def test_a_parser_refusal_names_the_node_and_writes_nothing(tmp_path, monkeypatc
     with pytest.raises(EngineBuildFailed, match="Resize"):
         _build(onnx_file, tmp_path)
     assert not os.listdir(str(tmp_path / "engines"))
+
+
+# --- running an engine (worker/backends.py), with a fake runtime over host memory ---------
+
+def _fake_runtime(named: bool, engine_batch: int = 2):
+    """A tensorrt module whose "engine" maps input_0 (B, 3, 4, 4) to output_0 (B, 3), the
+    per-channel means, reading and writing the buffers at the addresses it is given, as
+    TensorRT does (here host memory, through ctypes)."""
+    import ctypes
+
+    import numpy as np
+
+    shapes = {"input_0": (engine_batch, 3, 4, 4), "output_0": (engine_batch, 3)}
+    order = ["input_0", "output_0"]
+
+    def view(address, shape):
+        count = int(np.prod(shape))
+        return np.ctypeslib.as_array((ctypes.c_float * count).from_address(address)) \
+            .reshape(shape)
+
+    def compute(addresses):
+        view(addresses["output_0"], shapes["output_0"])[:] = \
+            view(addresses["input_0"], shapes["input_0"]).mean(axis=(2, 3))
+        return True
+
+    class NamedContext(object):
+        def __init__(self):
+            self.addresses = {}
+
+        def set_tensor_address(self, name, address):
+            self.addresses[name] = address
+
+        def execute_async_v3(self, stream):
+            return compute(self.addresses)
+
+    class BindingContext(object):
+        def execute_async_v2(self, bindings, stream):
+            return compute(dict(zip(order, bindings)))
+
+    class Engine(object):
+        num_bindings = 2
+
+        def create_execution_context(self):
+            return NamedContext() if named else BindingContext()
+
+        def get_tensor_shape(self, name):
+            return shapes[name]
+
+        def get_binding_index(self, name):
+            return order.index(name)
+
+        def get_binding_shape(self, index):
+            return shapes[order[index]]
+
+    class Runtime(object):
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, blob):
+            return Engine() if blob == b"fake engine" else None
+
+    trt = types.ModuleType("tensorrt")
+    trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
+    trt.Runtime = Runtime
+    return trt
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["tensorrt 8.5+", "tensorrt 8.0-8.4"])
+def test_the_engine_runner_binds_by_name_and_batches_by_the_engine(tmp_path, monkeypatch,
+                                                                    named):
+    np = pytest.importorskip("numpy")
+    torch = pytest.importorskip("torch")
+    from device_agent.worker.backends import TensorRTModel
+
+    monkeypatch.setitem(sys.modules, "tensorrt", _fake_runtime(named))
+    engine = tmp_path / "model.fp16.engine"
+    engine.write_bytes(b"fake engine")
+    batch = np.random.RandomState(0).rand(5, 3, 4, 4).astype(np.float32)
+    model = TensorRTModel(str(engine), torch.device("cpu"))
+    got = model.probabilities(batch)  # 5 images through a batch-2 engine: 2 + 2 + 1 padded
+    assert got.shape == (5, 3)
+    assert np.allclose(got, batch.mean(axis=(2, 3)), atol=1e-6)
+    engine.write_bytes(b"not an engine")
+    with pytest.raises(RuntimeError, match="could not load"):
+        TensorRTModel(str(engine), torch.device("cpu"))

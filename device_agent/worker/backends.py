@@ -182,17 +182,21 @@ class TensorRTModel(object):
                              device=self.device)
         inputs[:len(chunk)] = chunk.to(self.device)
         outputs = torch.empty(output_shape, dtype=torch.float32, device=self.device)
-        stream = torch.cuda.current_stream(self.device)
+        # the worker's CUDA stream (host buffers, which only a fake engine in the tests can
+        # read, have none: 0)
+        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        handle = stream.cuda_stream if stream is not None else 0
         if self.named:
             self.context.set_tensor_address(self.input_name, inputs.data_ptr())
             self.context.set_tensor_address(self.output_name, outputs.data_ptr())
-            ok = self.context.execute_async_v3(stream.cuda_stream)
+            ok = self.context.execute_async_v3(handle)
         else:
             bindings = [0] * self.engine.num_bindings
             bindings[self.engine.get_binding_index(self.input_name)] = inputs.data_ptr()
             bindings[self.engine.get_binding_index(self.output_name)] = outputs.data_ptr()
-            ok = self.context.execute_async_v2(bindings, stream.cuda_stream)
-        stream.synchronize()
+            ok = self.context.execute_async_v2(bindings, handle)
+        if stream is not None:
+            stream.synchronize()
         if not ok:
             raise RuntimeError("TensorRT failed to run the engine")
         return outputs.cpu().numpy()
