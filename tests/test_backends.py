@@ -157,6 +157,9 @@ def test_the_setting_reaches_the_worker_under_one_name():
     field = settings.Settings.model_fields["predict_backend"]
     assert "DEVICE_AGENT_" + "predict_backend".upper() == backends.PREDICT_BACKEND_ENV
     assert field.default == "torch"
+    assert settings.Settings(predict_backend="onnxruntime").predict_backend == "onnxruntime"
+    with pytest.raises(ValueError):  # pydantic's ValidationError: the daemon does not start
+        settings.Settings(predict_backend="banana")
     assert backends.requested_backend({}) == "torch"
     assert backends.requested_backend({backends.PREDICT_BACKEND_ENV: " ONNXRuntime "}) \
         == "onnxruntime"
