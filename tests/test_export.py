@@ -139,6 +139,23 @@ def test_export_every_backbone_and_method(tmp_path, digit_images, backbone, meth
     _export_and_check(tmp_path, digit_images, backbone, method)
 
 
+@pytest.mark.parametrize("method", ADAPTER_METHODS)
+def test_export_at_a_size_the_pools_do_not_divide(tmp_path, digit_images, method):
+    """72 px: ResNet's 9x9 and 5x5 maps leave partial pooling windows (as 224 px leaves
+    7x7 ones): onnxruntime's AveragePool must average them as PyTorch's ceil-mode pool."""
+    adapter_dir = make_adapter(tmp_path / "adapter", "resnet18", method, size=72)
+    net, _ = onnx_export.load_adapter(adapter_dir)
+    sizes = graph.probe_adapter_sizes(net, 72)
+    pools = [graph.StaticAvgPool(s[0], 2 if method != "da2" else
+                                 net.domain.adapter_for(i).pool_factor(s[0]))
+             for i, s in sizes.items()]
+    assert any(len(p.rows) > 1 for p in pools), "no partial window at this size"
+    result = onnx_export.export_domain(adapter_dir, str(tmp_path / "bundle"),
+                                       parity_images=digit_images)
+    assert result.input_shape == (1, 3, 72, 72)
+    assert result.parity.max_abs_diff <= 1e-4 and result.parity.top1_agreement == 1.0
+
+
 @pytest.mark.parametrize("method", ["last", "bn_last"])
 def test_methods_without_adapters_export_too(tmp_path, method):
     adapter_dir = make_adapter(tmp_path / "adapter", "mobilenet_v2", method)

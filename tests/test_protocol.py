@@ -14,7 +14,7 @@ V = messages.PROTOCOL_VERSION
 def test_frame_bytes_are_exactly_the_documented_layout():
     header = messages.make("cancel", 7, job_id="j1")
     data = framing.encode(header, b"\x01\x02")
-    body = b'{"v":3,"kind":"cancel","id":7,"job_id":"j1"}'
+    body = b'{"v":4,"kind":"cancel","id":7,"job_id":"j1"}'
     assert data == struct.pack(">IQ", len(body), 2) + body + b"\x01\x02"
 
 
