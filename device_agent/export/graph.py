@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from device_agent.model import lean_ops
-from device_agent.model.adapters import DA2Adapter, LiteResidual
+from device_agent.model.adapters import BranchAttention, DA2Adapter, LiteResidual
 from device_agent.model.layers import RunContext
 from device_agent.model.network import AdaptedNet, DomainModule
 
@@ -83,6 +83,18 @@ class BlockUpsample(nn.Module):
         return a.index_select(2, self.rows).index_select(3, self.cols)
 
 
+def branch_attention(attention: BranchAttention, h: torch.Tensor) -> torch.Tensor:
+    """:class:`BranchAttention`'s forward with ``max(1)`` for ``amax(1)``: the same values,
+    and torch 1.10's exporter has no symbolic for ``amax`` (it has one for ``max``)."""
+    if "channel" in attention.form:
+        pooled = h.mean((2, 3), keepdim=True)
+        h = h * torch.sigmoid(attention.excite(F.relu(attention.squeeze(pooled))))
+    if "spatial" in attention.form:
+        stats = torch.cat([h.mean(1, keepdim=True), h.max(1, keepdim=True)[0]], 1)
+        h = h * torch.sigmoid(attention.spatial(stats))
+    return h
+
+
 class StaticDA2(nn.Module):
     """A :class:`DA2Adapter` (sharing its parameters) at fixed sizes."""
 
@@ -95,7 +107,8 @@ class StaticDA2(nn.Module):
             if adapter.upsample == "block" else None
 
     def forward(self, x: torch.Tensor, out: torch.Tensor, lean: bool) -> torch.Tensor:
-        a = self.adapter.tail(F.relu(self.adapter.reduce(self.pool(x))))
+        h = F.relu(self.adapter.reduce(self.pool(x)))
+        a = self.adapter.tail[1](branch_attention(self.adapter.attention, h))
         if self.upsample is not None:
             return out + self.upsample(a)
         return out + F.interpolate(a, size=self.out_size, mode="bilinear", align_corners=False)
