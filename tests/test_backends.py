@@ -207,3 +207,40 @@ def test_the_worker_reply_names_the_backend(adapters, requested, answered):
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+def test_the_daemon_predicts_through_onnxruntime_like_torch(adapters, digits_dir, tmp_path):
+    """DEVICE_AGENT_PREDICT_BACKEND through `serve` to the worker: an imported adapter's
+    predictions over HTTP come from onnxruntime and equal PyTorch's."""
+    pytest.importorskip("fastapi")
+    import live_daemon
+    from test_api import TOKEN, call, multipart, zipped
+
+    _, adapter_dir, _ = adapters
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (folder / name).write_bytes(open(os.path.join(adapter_dir, name), "rb").read())
+    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(digits_dir)
+                   for name in names)[:3]
+    blobs = [open(path, "rb").read() for path in paths]
+    net, config = _torch_net(adapter_dir)
+    want = _probabilities(classify(net, config, [Image.open(p).convert("RGB") for p in paths],
+                                   len(CLASSES), CPU))
+    proc, base = live_daemon.start(str(tmp_path / "data"), TOKEN,
+                                   DEVICE_AGENT_PREDICT_BACKEND="onnxruntime")
+    try:
+        upload, content_type = multipart([("file", ("a.zip", zipped(str(folder))))])
+        status, body = call(base, "PUT", "/v1/domains/colours/adapter", upload,
+                            content_type=content_type)
+        assert status == 201, body
+        upload, content_type = multipart([("file", ("%d.png" % i, blob))
+                                          for i, blob in enumerate(blobs)])
+        status, body = call(base, "POST", "/v1/domains/colours/predict?top_k=3", upload,
+                            content_type=content_type)
+        assert status == 200, body
+        assert body["backend"] == "onnxruntime"
+        got = _probabilities(body["predictions"])
+        assert max(abs(g[c] - w[c]) for g, w in zip(got, want) for c in CLASSES) <= 1e-4
+    finally:
+        live_daemon.stop(proc)
