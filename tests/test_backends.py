@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -71,7 +72,7 @@ def test_onnxruntime_matches_torch_on_real_images(adapters, digits_dir):
     images = _images(digits_dir)
     net, config = _torch_net(adapter_dir)
     expected = classify(net, config, images, len(CLASSES), CPU)
-    chosen = PredictBackends("onnxruntime", CPU, threads=2)
+    chosen = PredictBackends("onnxruntime", CPU, threads=2, background=False)
     answer = chosen.classify("colours", adapter_dir, net, config, images, len(CLASSES))
     assert answer.backend == "onnxruntime" and len(answer.tops) == len(images) == 8
     got, want = _probabilities(answer.tops), _probabilities(expected)
@@ -84,7 +85,7 @@ def test_onnxruntime_matches_torch_on_real_images(adapters, digits_dir):
 def test_the_export_is_cached_per_version_and_never_stale(adapters, digits_dir, monkeypatch):
     root, first_dir, second_dir = adapters
     images = _images(digits_dir)[:3]
-    chosen = PredictBackends("onnxruntime", CPU, threads=1)
+    chosen = PredictBackends("onnxruntime", CPU, threads=1, background=False)
     answers = {}
     for adapter_dir in (first_dir, second_dir, first_dir):  # new version, then a rollback
         net, config = _torch_net(adapter_dir)
@@ -100,7 +101,7 @@ def test_the_export_is_cached_per_version_and_never_stale(adapters, digits_dir, 
     # a fresh worker finds the exports on disk: nothing is exported again
     monkeypatch.setattr("device_agent.export.onnx_export.export_domain",
                         lambda *a, **k: pytest.fail("exported again"))
-    fresh = PredictBackends("onnxruntime", CPU, threads=1)
+    fresh = PredictBackends("onnxruntime", CPU, threads=1, background=False)
     net, config = _torch_net(second_dir)
     assert fresh.classify("colours", second_dir, net, config, images, 3).backend \
         == "onnxruntime"
@@ -122,7 +123,7 @@ def test_a_refused_export_falls_back_to_torch_once(adapters, small_folder, monke
     monkeypatch.setattr(backends, "export_cache_root", lambda adapter_dir: elsewhere)
     images = _images(small_folder)[:2]
     net, config = _torch_net(adapter_dir)
-    chosen = PredictBackends("onnxruntime", CPU, threads=1)
+    chosen = PredictBackends("onnxruntime", CPU, threads=1, background=False)
     with caplog.at_level(logging.WARNING, logger=backends.__name__):
         first = chosen.classify("colours", adapter_dir, net, config, images, 2)
         second = chosen.classify("colours", adapter_dir, net, config, images, 2)
@@ -171,6 +172,18 @@ def test_the_setting_reaches_the_worker_under_one_name():
         build_parser().parse_args(["serve", "--predict-backend", "tflite"])
 
 
+def _until(answer, wanted: str, timeout: float = 180.0) -> str:
+    """``answer()`` until it returns ``wanted`` (the export is prepared in the background;
+    torch answers meanwhile) or the time is up; returns the last answer."""
+    deadline = time.time() + timeout
+    got = answer()
+    while got != wanted and time.time() < deadline:
+        assert got == "torch", got
+        time.sleep(0.5)
+        got = answer()
+    return got
+
+
 def _png(colour) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (40, 40), colour).save(buffer, "PNG")
@@ -189,12 +202,16 @@ def test_the_worker_reply_names_the_backend(adapters, requested, answered):
         peer = Peer(proc.stdout, proc.stdin)
         peer.receive()  # hello
         images = [_png((220, 30, 30)), _png((30, 40, 220))]
-        msg = peer.send("predict", b"".join(images), domain="colours", adapter_dir=adapter_dir,
-                        top_k=2, parts=[len(i) for i in images])
-        reply, _ = peer.receive()
-        assert reply["reply_to"] == msg and reply["kind"] == "result", reply
-        assert reply["data"]["backend"] == answered
-        assert len(reply["data"]["predictions"]) == 2
+
+        def predict():
+            msg = peer.send("predict", b"".join(images), domain="colours",
+                            adapter_dir=adapter_dir, top_k=2, parts=[len(i) for i in images])
+            reply, _ = peer.receive()
+            assert reply["reply_to"] == msg and reply["kind"] == "result", reply
+            assert len(reply["data"]["predictions"]) == 2
+            return reply["data"]["backend"]
+
+        assert _until(predict, answered) == answered
         status = peer.send("status")
         reply, _ = peer.receive()
         assert reply["reply_to"] == status
@@ -236,11 +253,50 @@ def test_the_daemon_predicts_through_onnxruntime_like_torch(adapters, digits_dir
         assert status == 201, body
         upload, content_type = multipart([("file", ("%d.png" % i, blob))
                                           for i, blob in enumerate(blobs)])
-        status, body = call(base, "POST", "/v1/domains/colours/predict?top_k=3", upload,
-                            content_type=content_type)
-        assert status == 200, body
-        assert body["backend"] == "onnxruntime"
-        got = _probabilities(body["predictions"])
+        replies = []
+
+        def predict():
+            status, body = call(base, "POST", "/v1/domains/colours/predict?top_k=3", upload,
+                                content_type=content_type)
+            assert status == 200, body
+            replies.append(body)
+            return body["backend"]
+
+        assert _until(predict, "onnxruntime") == "onnxruntime"
+        got = _probabilities(replies[-1]["predictions"])
         assert max(abs(g[c] - w[c]) for g, w in zip(got, want) for c in CLASSES) <= 1e-4
     finally:
         live_daemon.stop(proc)
+
+
+def test_the_export_is_prepared_in_the_background_never_beside_a_job(adapters, small_folder,
+                                                                     monkeypatch):
+    import threading
+
+    _, first_dir, second_dir = adapters
+    images = _images(small_folder)[:2]
+    release, busy = threading.Event(), [True]
+    real = backends.PredictBackends._load
+
+    def slow_load(self, adapter_dir):
+        release.wait(60)
+        return real(self, adapter_dir)
+
+    monkeypatch.setattr(backends.PredictBackends, "_load", slow_load)
+    chosen = PredictBackends("onnxruntime", CPU, threads=1, busy=lambda: busy[0])
+    net, config = _torch_net(first_dir)
+
+    def backend(adapter_dir=first_dir):
+        return chosen.classify("colours", adapter_dir, net, config, images, 2).backend
+
+    assert backend() == "torch" and chosen.loading == {}  # a job runs: nothing started
+    busy[0] = False
+    assert backend() == "torch" and chosen.as_dict()["preparing"] == ["colours"]
+    assert backend() == "torch"  # still preparing: torch answers, nothing started twice
+    assert [t.name for t in threading.enumerate()].count("export-colours") == 1
+    release.set()
+    assert _until(backend, "onnxruntime", timeout=120) == "onnxruntime"
+    # a new version: torch again until its own export is ready, never the old one's
+    net, config = _torch_net(second_dir)
+    assert backend(second_dir) == "torch"
+    assert _until(lambda: backend(second_dir), "onnxruntime", timeout=120) == "onnxruntime"

@@ -5,7 +5,8 @@ The daemon picks one (``device-agent serve --predict-backend``, or
 ``DEVICE_AGENT_PREDICT_BACKEND``; the worker reads the variable). A backend that cannot run
 here -- its module missing, no CUDA for TensorRT -- falls back to torch with a logged reason,
 and so does one domain whose export fails (a method the exporter refuses, parity over the
-tolerance): a prediction is always answered, and its reply names the backend that answered.
+tolerance), or is still being prepared: a prediction is always answered, and its reply names
+the backend that answered.
 
 Exports are those of the domain's export cache (``domains/<d>/exports/``, keyed by the
 adapter's content and the exporter settings: device_agent.export.cache), engines are cached
@@ -17,8 +18,9 @@ builds.
 """
 import logging
 import os
+import threading
 from collections import OrderedDict
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Callable, Dict, List, NamedTuple, Tuple
 
 import numpy as np
 import torch
@@ -27,6 +29,7 @@ from PIL import Image
 from device_agent.export.tensorrt import build_engine
 from device_agent.training import data
 from device_agent.training.inference import classify
+from device_agent.training.threads import set_threads
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 PREDICT_BACKEND_ENV = "DEVICE_AGENT_PREDICT_BACKEND"
@@ -204,25 +207,45 @@ class TensorRTModel(object):
 
 # --- the worker's entry point -------------------------------------------------------------
 
-class PredictBackends(object):
-    """The worker's predictions through the chosen backend, with per-domain fallback."""
+class Loading(object):
+    """An export (and engine) being prepared for one adapter version, in a thread."""
 
-    def __init__(self, requested: str, device: torch.device, threads: int) -> None:
+    def __init__(self, adapter_dir: str) -> None:
+        self.adapter_dir = adapter_dir
+        self.done = threading.Event()
+        self.model = None  # the runtime (OnnxRuntimeModel or TensorRTModel) once ready
+        self.error = ""
+
+
+class PredictBackends(object):
+    """The worker's predictions through the chosen backend, with per-domain fallback.
+
+    A domain's export is prepared in a background thread the first time it is asked for
+    (an export and its parity run take a minute on a Nano, longer than a predict request
+    may wait); torch answers meanwhile. One at a time, and never while ``busy()`` (a
+    training job: a second backbone and the exporter's trace would crowd a 4 GB board)."""
+
+    def __init__(self, requested: str, device: torch.device, threads: int,
+                 busy: Callable[[], bool] = lambda: False, background: bool = True) -> None:
         self.choice = choose_backend(requested, device)
         self.device = device
         self.threads = threads
+        self.busy = busy
+        self.background = background
         self.models = OrderedDict()  # domain -> (adapter_dir, model), least recent first
         self.refused = {}  # type: Dict[str, Tuple[str, str]]  # domain -> (adapter_dir, why)
+        self.loading = {}  # type: Dict[str, Loading]
         if self.choice.reason:
             log.warning("predict backend %s unavailable, using torch: %s",
                         requested, self.choice.reason)
 
     @classmethod
-    def from_environ(cls, device: torch.device, threads: int) -> "PredictBackends":
-        return cls(requested_backend(dict(os.environ)), device, threads)
+    def from_environ(cls, device: torch.device, threads: int,
+                     busy: Callable[[], bool] = lambda: False) -> "PredictBackends":
+        return cls(requested_backend(dict(os.environ)), device, threads, busy)
 
-    def as_dict(self) -> Dict[str, str]:
-        return dict(self.choice._asdict())
+    def as_dict(self) -> Dict[str, object]:
+        return dict(self.choice._asdict(), preparing=sorted(self.loading))
 
     def classify(self, domain: str, adapter_dir: str, net: torch.nn.Module,
                  config: Dict[str, object], images: List[Image.Image], k: int) -> Answer:
@@ -235,6 +258,7 @@ class PredictBackends(object):
     def forget(self, domain: str) -> None:
         self.models.pop(domain, None)
         self.refused.pop(domain, None)
+        self.loading.pop(domain, None)  # a thread still running finishes into nothing
 
     def _model(self, domain: str, adapter_dir: str):
         """The domain's loaded runtime, or None: predict with torch."""
@@ -244,17 +268,46 @@ class PredictBackends(object):
         if cached is not None and cached[0] == adapter_dir:
             self.models.move_to_end(domain)
             return cached[1]
-        try:
-            model = self._load(adapter_dir)
-        except Exception as exc:  # an export refused, an engine not built: torch answers
-            why = "%s: %s" % (type(exc).__name__, exc)
-            self.refused[domain] = (adapter_dir, why)
-            log.warning("domain %s runs on torch, not %s: %s", domain, self.choice.active, why)
+        loading = self.loading.get(domain)
+        if loading is None or loading.adapter_dir != adapter_dir:  # a newer version wins
+            if not self._start(domain, adapter_dir):
+                return None
+            loading = self.loading[domain]
+        if not loading.done.is_set():
             return None
-        self.models[domain] = (adapter_dir, model)
+        del self.loading[domain]
+        if loading.error:
+            self.refused[domain] = (adapter_dir, loading.error)
+            log.warning("domain %s runs on torch, not %s: %s", domain, self.choice.active,
+                        loading.error)
+            return None
+        self.models[domain] = (adapter_dir, loading.model)
         while len(self.models) > CACHED_MODELS:
             self.models.popitem(last=False)
-        return model
+        return loading.model
+
+    def _start(self, domain: str, adapter_dir: str) -> bool:
+        """Begin preparing ``adapter_dir`` unless a job runs or another one is under way."""
+        if self.busy() or any(not other.done.is_set() for other in self.loading.values()):
+            return False
+        loading = self.loading[domain] = Loading(adapter_dir)
+        if not self.background:
+            self._prepare(loading)
+            return True
+        log.warning("preparing the %s export of domain %s; torch answers meanwhile",
+                    self.choice.active, domain)
+        threading.Thread(target=self._prepare, args=(loading,), daemon=True,
+                         name="export-" + domain).start()
+        return True
+
+    def _prepare(self, loading: Loading) -> None:
+        set_threads(self.threads)  # a new thread: its OpenMP team starts from defaults
+        try:
+            loading.model = self._load(loading.adapter_dir)
+        except Exception as exc:  # an export refused, an engine not built: torch answers
+            loading.error = "%s: %s" % (type(exc).__name__, exc)
+        finally:
+            loading.done.set()
 
     def _load(self, adapter_dir: str):
         from device_agent.export.cache import cached_export, prune

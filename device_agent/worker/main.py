@@ -82,7 +82,8 @@ class Worker(object):
         self.job = None  # type: Optional[Tuple[str, threading.Thread, threading.Event]]
         self.predict_tuner = self._tuner()
         # torch, onnxruntime or tensorrt (DEVICE_AGENT_PREDICT_BACKEND; worker/backends.py)
-        self.backends = PredictBackends.from_environ(self.device, threads.intra_op)
+        self.backends = PredictBackends.from_environ(self.device, threads.intra_op,
+                                                     busy=lambda: self.job is not None)
         self.handlers = {"status": self.status, "train": self.train, "predict": self.predict,
                          "load": self.load, "forget": self.forget, "cancel": self.cancel,
                          "shutdown": self.status, "export": self.export}
