@@ -107,6 +107,7 @@ def _check_bundle(result, out_dir, adapter_dir, classes, size, opset=13):
     assert meta["parity"]["max_abs_diff"] == result.parity.max_abs_diff
     # static for TensorRT: constant pads, every intermediate shape known
     constants = {t.name for t in model.graph.initializer}
+    constants.update(o for n in model.graph.node if n.op_type == "Constant" for o in n.output)
     assert all(n.input[1] in constants for n in model.graph.node if n.op_type == "Pad")
     inferred = onnx.shape_inference.infer_shapes(model).graph.value_info
     assert inferred and all(d.HasField("dim_value") for v in inferred
