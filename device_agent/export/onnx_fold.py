@@ -1,12 +1,14 @@
-"""Make a freshly exported graph fully static: constant pads, known output shape.
+"""Make a freshly exported graph fully static: constant pads and reshape targets, known
+output shape.
 
 The legacy exporter writes ``F.pad`` as a Pad whose ``pads`` input is computed in the graph
 (Concat, Reshape, and a Slice with step -1 that its constant folding leaves alone), even when
-every pad is a constant. Shape inference then loses every size after the first Pad, the
-output's batch becomes symbolic, and TensorRT 8.0's ONNX parser wants ``pads`` as an
-initializer. Here each such ``pads`` tensor is evaluated once with onnxruntime (it depends
-on constants only at a fixed input shape), stored as an initializer, the nodes that only
-computed it are dropped, and the output's shape is filled in from onnx's shape inference.
+every pad is a constant, and GroupNorm as Reshapes to sizes computed from Shape. Shape
+inference then loses every size after them, the output's batch becomes symbolic, and
+TensorRT 8.0's ONNX parser wants ``pads`` as an initializer. Here each such shape-like tensor
+is evaluated once with onnxruntime (at the fixed input shape it is a constant), stored as
+an initializer, the nodes that only computed it are dropped, and the output's shape is
+filled in from onnx's shape inference.
 """
 from typing import List, Sequence, Set
 
@@ -19,10 +21,21 @@ def _constant_names(graph) -> Set[str]:
     return names
 
 
-def _computed_pads(graph) -> List[str]:
+# The int64 shape-like input of each operator whose output shape it decides: Pad's pads,
+# Reshape's and Expand's target shape (GroupNorm exports as Reshape by Shape-computed sizes),
+# Resize's output sizes (bilinear upsampling to a size: batch and channels from Shape).
+SHAPE_INPUTS = {"Pad": 1, "Reshape": 1, "Expand": 1, "Resize": 3}
+
+
+def _computed_shapes(graph) -> List[str]:
     constants = _constant_names(graph)
-    return sorted({n.input[1] for n in graph.node
-                   if n.op_type == "Pad" and len(n.input) > 1 and n.input[1] not in constants})
+    names = set()
+    for node in graph.node:
+        index = SHAPE_INPUTS.get(node.op_type)
+        if index is not None and len(node.input) > index and node.input[index] \
+                and node.input[index] not in constants:
+            names.add(node.input[index])
+    return sorted(names)
 
 
 def _evaluate(model, names: Sequence[str], input_shape: Sequence[int]) -> List[np.ndarray]:
@@ -69,7 +82,7 @@ def make_static(path: str, input_shape: Sequence[int]) -> None:
 
     model = onnx.load(path)
     graph = model.graph
-    names = _computed_pads(graph)
+    names = _computed_shapes(graph)
     if names:
         values = _evaluate(model, names, input_shape)
         producers = set(names)
