@@ -94,6 +94,15 @@ class ImageTooLarge(PayloadTooLarge):
     http_status = 413
 
 
+class ExportParityError(AgentError):
+    """An ONNX export whose outputs differ from PyTorch's beyond the tolerance: refused,
+    nothing is offered (issue 13)."""
+
+    code = "export_parity_failed"
+    http_status = 422
+    exit_code = 5
+
+
 class WorkerUnavailable(AgentError):
     """The worker process is starting, restarting or died while answering."""
 
@@ -106,7 +115,7 @@ def from_code(code: str, message: str) -> AgentError:
     classes = {cls.code: cls for cls in (AgentError, InvalidInput, UnknownName, Conflict,
                                          WeightsNotFound, WeightsMismatch, ArtifactError,
                                          MemoryBudgetExceeded, WorkerUnavailable, Unauthorized,
-                                         PayloadTooLarge, ImageTooLarge)}
+                                         PayloadTooLarge, ImageTooLarge, ExportParityError)}
     error = classes.get(code, AgentError)(message)
     if code not in classes:
         error.code = code

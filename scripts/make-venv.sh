@@ -16,7 +16,7 @@ case "$(uname -m)" in
   aarch64) TORCH_PINS="torch==2.9.1 torchvision==0.24.1" ;;
   *) TORCH_PINS="torch torchvision" ;;
 esac
-EXTRAS="weights,demo,dev,bench,api,browser"
+EXTRAS="weights,demo,dev,bench,api,browser,export"
 KEY="$( (cat "$ROOT/pyproject.toml"; echo "$TORCH_PINS $EXTRAS"; "$PYTHON" --version) \
   | sha256sum | cut -c1-12)"
 VENV="${DEVICE_AGENT_VENV_DIR:-$HOME/.cache/device-agent/venv-$KEY}"

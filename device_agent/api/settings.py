@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     threads: int = Field(0, ge=0, le=1024, description="the worker's torch threads (0: the "
                                                         "CPUs its affinity and cgroup quota "
                                                         "allow)")
+    predict_backend: Literal["torch", "onnxruntime", "tensorrt"] = Field(
+        "torch", description="what answers predictions: torch (eager), onnxruntime (the "
+                             "domain's ONNX export) or tensorrt (an FP16 engine of it, CUDA); "
+                             "one the worker cannot run falls back to torch, logged")
     memory_limit_mb: int = Field(0, ge=0, description="default per-job memory ceiling in MB "
                                                       "(0: what MemAvailable leaves)")
     telemetry_source: Literal["auto", "jtop", "tegrastats", "linux", "replay"] = Field(

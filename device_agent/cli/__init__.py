@@ -7,6 +7,7 @@ import sys
 from typing import List, Optional
 
 from device_agent import __version__
+from device_agent.cli import export_command
 from device_agent.client import DEFAULT_SERVER
 from device_agent.cpu_budget import configure_process
 from device_agent.errors import AgentError
@@ -159,6 +160,9 @@ def _add_serve(commands) -> None:
     p.add_argument("--threads", type=int,
                    help="fix the worker's torch threads (default 0: tuned within the CPUs its "
                         "affinity and cgroup quota allow; README: Sharing the CPU)")
+    p.add_argument("--predict-backend", choices=("torch", "onnxruntime", "tensorrt"),
+                   help="what answers predictions (default torch; one the worker cannot run "
+                        "falls back to torch with a logged reason)")
     p.add_argument("--demo", action="store_true", default=None,
                    help="upload the demo domain (digits) at start and queue its training")
 
@@ -168,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version="device-agent " + __version__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_memory, _add_train, _add_predict, _add_demo, _add_models, _add_serve,
-                _add_push, _add_status, _add_telemetry):
+                _add_push, _add_status, _add_telemetry, export_command.add_parser):
         add(commands)
     return parser
 
@@ -194,6 +198,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             print("error: %s" % exc.message, file=sys.stderr)
             return exc.exit_code
         from device_agent.cli import model_commands as commands
+        if args.command == "export":
+            commands = export_command
     handler = getattr(commands, "run_" + args.command)
     try:
         return handler(args)

@@ -10,7 +10,7 @@ def run_serve(args) -> int:
              "token": args.token, "worker_python": args.worker_python,
              "worker_device": args.worker_device, "worker_weights": args.worker_weights,
              "memory_limit_mb": args.memory_limit_mb, "threads": args.threads,
-             "demo": args.demo}
+             "predict_backend": args.predict_backend, "demo": args.demo}
     settings = Settings(**{k: v for k, v in flags.items() if v is not None})
     app = create_app(settings)
     print("device-agent on http://%s:%d (token in %s/token unless given)"

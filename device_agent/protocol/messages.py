@@ -11,8 +11,9 @@ from device_agent.errors import AgentError
 from device_agent.protocol.framing import ProtocolError
 
 # 2: hello carries the worker's thread policy; 3: "forget" drops a deleted domain from the
-# worker's inference cache
-PROTOCOL_VERSION = 3
+# worker's inference cache; 4: "export" writes (or serves the cached) ONNX bundle of an
+# adapter version
+PROTOCOL_VERSION = 4
 
 SPECS = {
     # API -> worker
@@ -21,6 +22,8 @@ SPECS = {
     "predict": {"domain": str, "adapter_dir": str, "top_k": int, "parts": list},
     "load": {"domain": str, "adapter_dir": str},
     "forget": {"domain": str},
+    "export": {"domain": str, "adapter_dir": str, "cache_dir": str, "input_norm": str,
+               "softmax": bool, "opset": int, "parity": dict},
     "status": {},
     "shutdown": {},
     # worker -> API
@@ -30,7 +33,7 @@ SPECS = {
     "result": {"reply_to": int, "data": dict},
     "error": {"reply_to": int, "code": str, "message": str},
 }
-REQUESTS = ("train", "cancel", "predict", "load", "forget", "status", "shutdown")
+REQUESTS = ("train", "cancel", "predict", "load", "forget", "status", "shutdown", "export")
 _ENVELOPE = ("v", "kind", "id")
 
 

@@ -12,7 +12,7 @@ import tempfile
 import uuid
 import zipfile
 import zlib
-from typing import BinaryIO, Callable, Dict
+from typing import BinaryIO, Callable, Dict, Sequence
 
 from device_agent import artifacts
 from device_agent.errors import InvalidInput, PayloadTooLarge
@@ -95,11 +95,20 @@ class DomainFiles(object):
     @staticmethod
     def adapter_archive(adapter: Record) -> bytes:
         """An adapter version's files as one zip (what an import takes back)."""
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-            for name in artifacts.FILES:
-                archive.write(os.path.join(str(adapter["path"]), name), name)
-        return buffer.getvalue()
+        return zip_files(str(adapter["path"]), artifacts.FILES)
+
+    def export_cache(self, domain: str) -> str:
+        """Where the worker caches the domain's exports (keyed by adapter content)."""
+        return os.path.join(self.paths.domain(domain), "exports")
+
+
+def zip_files(directory: str, names: Sequence[str]) -> bytes:
+    """``names`` in ``directory`` as one zip, in memory (small files: adapters, exports)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name in names:
+            archive.write(os.path.join(directory, name), name)
+    return buffer.getvalue()
 
 
 def _copy_limited(upload: BinaryIO, handle: int, limit: int) -> None:

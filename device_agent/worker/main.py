@@ -33,9 +33,9 @@ from device_agent.protocol import messages
 from device_agent.protocol.framing import ProtocolError
 from device_agent.protocol.peer import Peer
 from device_agent.training import data
-from device_agent.training.inference import classify
 from device_agent.training.loop import TrainConfig, Trainer, peak_rss_mb, resolve_device
 from device_agent.training.threads import CpuMeter, ThreadTuner, apply_policy, set_threads
+from device_agent.worker.backends import PredictBackends
 
 TRAIN_FIELDS = ("epochs", "batch_size", "lr", "label_smoothing", "resolution", "seed",
                 "micro_batch", "patience", "val_fraction", "hflip", "memory_limit_mb")
@@ -81,9 +81,12 @@ class Worker(object):
         self.max_pixels = _env_int(MAX_PIXELS_ENV, bounds.DEFAULT_MAX_PIXELS)
         self.job = None  # type: Optional[Tuple[str, threading.Thread, threading.Event]]
         self.predict_tuner = self._tuner()
+        # torch, onnxruntime or tensorrt (DEVICE_AGENT_PREDICT_BACKEND; worker/backends.py)
+        self.backends = PredictBackends.from_environ(self.device, threads.intra_op,
+                                                     busy=lambda: self.job is not None)
         self.handlers = {"status": self.status, "train": self.train, "predict": self.predict,
                          "load": self.load, "forget": self.forget, "cancel": self.cancel,
-                         "shutdown": self.status}
+                         "shutdown": self.status, "export": self.export}
 
     def serve(self) -> int:
         self.peer.send("hello", agent_version=__version__, protocol=messages.PROTOCOL_VERSION,
@@ -115,7 +118,8 @@ class Worker(object):
         return {"busy": self.job is not None, "job_id": self.job[0] if self.job else None,
                 "device": str(self.device), "backbones": sorted(self.backbones),
                 "domains": sorted(self.loaded), "threads": self._threads_in_use(),
-                "peak_rss_mb": peak_rss_mb(), "cuda": self._cuda_memory()}
+                "peak_rss_mb": peak_rss_mb(), "cuda": self._cuda_memory(),
+                "predict_backend": self.backends.as_dict()}
 
     def _threads_in_use(self) -> Dict[str, object]:
         """The policy, and what torch and OpenMP actually run with (this thread's view)."""
@@ -150,6 +154,15 @@ class Worker(object):
         return {"started": True, "classes": split.classes, "train_images": len(split.train),
                 "val_images": len(split.val)}
 
+    def export(self, header: dict, payload: bytes) -> Dict[str, object]:
+        """An adapter version's ONNX bundle (device_agent/export). Not beside a training
+        job: on a 4 GB board a second backbone and the exporter's trace would crowd it."""
+        if self.job is not None:
+            raise Conflict("the worker is training job %s; export after it" % self.job[0])
+        from device_agent.export.worker_request import handle_export
+
+        return handle_export(header)
+
     def cancel(self, header: dict, payload: bytes) -> Dict[str, object]:
         if self.job is None or self.job[0] != header["job_id"]:
             return {"cancelled": False}
@@ -179,11 +192,13 @@ class Worker(object):
         else:
             set_threads(tuner.threads() if tuner is not None else self.threads.intra_op)
         started = time.time()
-        tops = classify(net, config, images, header["top_k"], self.device)
+        answer = self.backends.classify(header["domain"], header["adapter_dir"], net, config,
+                                        images, header["top_k"])
         seconds = time.time() - started
         if tuner is not None and not self.job:
             tuner.record(seconds, len(images))
-        return {"predictions": tops, "latency_ms": 1000 * seconds}
+        return {"predictions": answer.tops, "latency_ms": 1000 * seconds,
+                "backend": answer.backend}
 
     def _tuner(self) -> Optional[ThreadTuner]:
         """None where the count is fixed: an override, one CPU, or a GPU doing the work."""
@@ -193,6 +208,7 @@ class Worker(object):
 
     def forget(self, header: dict, payload: bytes) -> Dict[str, object]:
         """Drop a (deleted) domain's adapter from the inference cache."""
+        self.backends.forget(header["domain"])
         return {"forgotten": self._evict(header["domain"])}
 
     def load(self, header: dict, payload: bytes) -> Dict[str, object]:
