@@ -1,6 +1,7 @@
 """The TensorRT engine cache, with fakes: a fake ``trtexec`` on PATH (a script that records
 its arguments and writes an "engine" derived from the ONNX bytes) and a fake ``tensorrt``
-module in sys.modules. No TensorRT runs here; docs/deploy-tensorrt.md says what ran where."""
+module in sys.modules. No TensorRT runs here; the README (Deploy to TensorRT) says what ran
+where."""
 import json
 import os
 import stat
