@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from typing import List, Optional, Sequence
 
@@ -40,6 +41,12 @@ def export_key(adapter_dir: str, input_norm: str, softmax: bool, opset: int,
     return hashlib.sha256(text).hexdigest()[:32]
 
 
+# One export at a time in a process: the worker's export request and the predict backends'
+# background preparation may ask for the same entry at once, and two exporters writing one
+# directory would race (one export also needs all of a small board's memory it can get).
+_EXPORTING = threading.Lock()
+
+
 def cached_export(adapter_dir: str, cache_root: str, *, input_norm: str = "builtin",
                   softmax: bool = True, opset: int = onnx_export.DEFAULT_OPSET,
                   parity_images: Optional[Sequence[str]] = None,
@@ -49,16 +56,17 @@ def cached_export(adapter_dir: str, cache_root: str, *, input_norm: str = "built
     verified entry is there, else exported (with its parity check) into it."""
     key = export_key(adapter_dir, input_norm, softmax, opset, tolerance, batch_size)
     target = os.path.join(cache_root, key)
-    hit = _verified(target)
-    if hit is not None:
-        os.utime(target)  # most recently served: kept longest
-        return hit
-    shutil.rmtree(target, ignore_errors=True)
-    result = onnx_export.export_domain(adapter_dir, target, input_norm=input_norm,
-                                       softmax=softmax, opset=opset,
-                                       parity_images=parity_images, tolerance=tolerance,
-                                       batch_size=batch_size)
-    prune(cache_root, keep=KEEP_ENTRIES)
+    with _EXPORTING:
+        hit = _verified(target)
+        if hit is not None:
+            os.utime(target)  # most recently served: kept longest
+            return hit
+        shutil.rmtree(target, ignore_errors=True)
+        result = onnx_export.export_domain(adapter_dir, target, input_norm=input_norm,
+                                           softmax=softmax, opset=opset,
+                                           parity_images=parity_images, tolerance=tolerance,
+                                           batch_size=batch_size)
+        prune(cache_root, keep=KEEP_ENTRIES)
     return result
 
 
