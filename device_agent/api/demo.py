@@ -6,12 +6,12 @@ import shutil
 import tarfile
 import tempfile
 
-from device_agent.demo import write_digits_folder
+from device_agent.demo import DEMO_DOMAIN, write_digits_folder
 from device_agent.store import datasets
 from device_agent.store.db import Store
 from device_agent.store.layout import DataPaths
 
-DEMO_DOMAIN = "digits"
+__all__ = ["DEMO_DOMAIN", "DEMO_JOB", "seed_demo_domain"]
 DEMO_JOB = {"method": "da2", "backbone": "efficientnet_lite0", "epochs": 4, "batch_size": 32,
             "resolution": 64, "hflip": False, "seed": 0}
 

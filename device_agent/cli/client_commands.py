@@ -228,8 +228,7 @@ def _wait_ready(client: Client, proc: subprocess.Popen, timeout: float = 300) ->
 def run_demo(args) -> int:
     """Start the daemon with the demo domain, follow its training, show status and a
     prediction, then keep serving (Ctrl-C stops) unless ``--exit``."""
-    from device_agent.api.demo import DEMO_DOMAIN
-    from device_agent.demo import write_digits_folder
+    from device_agent.demo import DEMO_DOMAIN, write_digits_folder
 
     data_dir = os.path.abspath(args.data_dir)
     paths = DataPaths(data_dir)

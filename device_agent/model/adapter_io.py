@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from device_agent import __version__, artifacts
+from device_agent import __version__, artifacts, atomic
 from device_agent.artifacts import (
     CONFIG_NAME,
     FORMAT,
@@ -25,7 +25,6 @@ from device_agent.errors import ArtifactError, InvalidInput, WeightsMismatch
 from device_agent.model import safetensors_io
 from device_agent.model.adapters import LEGACY_SETTINGS
 from device_agent.model.network import AdaptedNet, DomainModule
-from device_agent.store import atomic
 
 
 def save_domain(net: AdaptedNet, name: str, directory: str, class_names: List[str],

@@ -18,12 +18,12 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
+from device_agent import atomic
 from device_agent.errors import InvalidInput
 from device_agent.faults import failpoint
 from device_agent.model import safetensors_io
 from device_agent.model.memory import measure_saved_bytes, trainable_parameters
 from device_agent.model.network import AdaptedNet
-from device_agent.store import atomic
 from device_agent.training import data
 from device_agent.training.memory_guard import MemoryWatch, is_out_of_memory, plan_batch
 from device_agent.training.step import make_optimizer, train_step
