@@ -25,7 +25,7 @@ CLIENT_MODULES = ("device_agent.client", "device_agent.cli", "device_agent.cli.c
                   "device_agent.cli.progress")
 # Stdlib-only leaves both columns stand on (Python 3.6 syntax; both interpreters load them).
 GROUND_FLOOR = ("device_agent", "device_agent.errors", "device_agent.atomic",
-                "device_agent.imagefolder", "device_agent.cpu_budget",
+                "device_agent.imagefolder", "device_agent.jobspec", "device_agent.cpu_budget",
                 "device_agent.artifacts", "device_agent.faults", "device_agent.manifest",
                 "device_agent.procfs", "device_agent.protocol", "device_agent.protocol.framing",
                 "device_agent.protocol.messages", "device_agent.protocol.peer")
@@ -154,3 +154,24 @@ def test_a_violation_is_found(module, source, expected):
 ])
 def test_allowed_imports_pass(module, source):
     assert check_source(module, source) == []
+
+
+def _trainer_constructions(path: str) -> List[int]:
+    with open(path, encoding="utf-8") as handle:
+        tree = ast.parse(handle.read())
+    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and getattr(node.func, "id", getattr(node.func, "attr", None)) == "Trainer"]
+
+
+def test_one_assembly_path_builds_every_trainer():
+    """The worker, the ``train`` command and the benchmarks train through
+    training/job.py's train_domain; nobody else puts a Trainer together."""
+    root = os.path.dirname(PACKAGE_DIR)
+    found = {}
+    for top in (PACKAGE, "benchmarks"):
+        for directory, _, files in os.walk(os.path.join(root, top)):
+            for name in files:
+                path = os.path.join(directory, name)
+                if name.endswith(".py") and _trainer_constructions(path):
+                    found[os.path.relpath(path, root)] = _trainer_constructions(path)
+    assert list(found) == [os.path.join(PACKAGE, "training", "job.py")], found

@@ -11,6 +11,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
+from device_agent.cli.job_flags import params_from_args
 from device_agent.cli.progress import JobProgress
 from device_agent.client import (
     DEFAULT_SERVER,
@@ -21,11 +22,10 @@ from device_agent.client import (
     resolve_token,
 )
 from device_agent.errors import AgentError
+from device_agent.jobspec import TERMINAL_STATES
 from device_agent.store.layout import DataPaths
 
-TERMINAL = ("succeeded", "failed", "cancelled")
-JOB_FLAGS = ("method", "backbone", "epochs", "batch_size", "resolution", "lr",
-             "memory_limit_mb", "seed", "micro_batch")
+TERMINAL = TERMINAL_STATES
 
 
 def _client(args) -> Client:
@@ -46,13 +46,6 @@ def follow(client: Client, job_id: str, interval: float = 1.0,
         time.sleep(interval)
 
 
-def job_params(args) -> Dict[str, object]:
-    params = {k: getattr(args, k) for k in JOB_FLAGS if getattr(args, k, None) is not None}
-    if args.no_hflip:
-        params["hflip"] = False
-    return params
-
-
 def run_push(args) -> int:
     client = _client(args)
     domain_path(args.domain)  # a bad name fails here, before the folder is archived
@@ -67,7 +60,7 @@ def run_push(args) -> int:
         sum(summary["counts"].get("val", {}).values()), len(summary["rejected"])))
     for item in summary["rejected"][:5]:
         print("  rejected %s: %s" % (item["file"], item["reason"]))
-    job_id = client.start_job(args.domain, job_params(args))
+    job_id = client.start_job(args.domain, params_from_args(args))
     print("job %s queued" % job_id)
     if args.no_follow:
         return 0
