@@ -79,7 +79,7 @@ def _print_result(job: Dict[str, object], as_json: bool) -> int:
     elif job["state"] == "succeeded":
         memory, latency = job["memory"], job["latency"]
         print("val top-1 %.3f | adapter %d bytes, %d trainable params | saved activations "
-              "%.1f MB, worker peak RSS %.0f MB | step p50 %.0f ms, %.1f img/s" % (
+              "%.1f MiB, worker peak RSS %.0f MiB | step p50 %.0f ms, %.1f img/s" % (
                   job["val_top1"] or 0, job["adapter_bytes"] or 0, job["trainable_params"] or 0,
                   memory["saved_activation_mb"] or 0, memory["worker_peak_rss_mb"] or 0,
                   latency["step_ms_p50"] or 0, latency["images_per_sec"] or 0))
@@ -130,7 +130,7 @@ def _print_domain(d: Dict[str, object]) -> None:
             "imported"))
     last = d["last_job"]
     if last:
-        print("  last job %s: %s, %d%%, eta %s s, peak RSS %s MB, step p50 %s ms" % (
+        print("  last job %s: %s, %d%%, eta %s s, peak RSS %s MiB, step p50 %s ms" % (
             last["id"], last["state"], 100 * last["progress"]["fraction"],
             _fmt(last["progress"]["eta_s"]), _fmt(last["memory"]["step_peak_rss_mb"]),
             _fmt(last["latency"]["step_ms_p50"])))
