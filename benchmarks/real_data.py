@@ -34,7 +34,8 @@ from device_agent.model.backbones import backbone_info, build_backbone  # noqa: 
 from device_agent.model.memory import trainable_parameters  # noqa: E402
 from device_agent.model.network import AdaptedNet, DomainModule  # noqa: E402
 from device_agent.training import data  # noqa: E402
-from device_agent.training.loop import DEFAULT_LR, TrainConfig, Trainer  # noqa: E402
+from device_agent.training.job import train_domain  # noqa: E402
+from device_agent.training.loop import DEFAULT_LR, MB, TrainConfig  # noqa: E402
 from device_agent.training.profile import memory_report  # noqa: E402
 
 METHODS = ["finetune", "last", "bn_last", "tinytl_bias", "tinytl_lite_residual", "da2"]
@@ -106,10 +107,13 @@ def load_domain(root, name):
         samples("test", classes)
 
 
-def evaluate(net, trainer, test):
-    """Top-1 on ``test`` and the logits (for the bit-for-bit check)."""
+def evaluate(net, report, test):
+    """Top-1 on ``test`` and the logits (for the bit-for-bit check), at the resolution the
+    domain was trained at."""
     net.eval()
-    batches = data.loader(test, data.eval_transform(trainer.transforms), 128, shuffle=False)
+    spec = net.backbone_spec
+    settings = data.TransformSettings(report.resolution, spec.mean, spec.std)
+    batches = data.loader(test, data.eval_transform(settings), 128, shuffle=False)
     logits, hits = [], 0
     with torch.no_grad():
         for images, labels in batches:
@@ -129,19 +133,13 @@ def train(net, domain, method, split, args, lr, epochs, out_dir, hflip=None, var
                          resolution=args.resolution, seed=args.seed,
                          hflip=HFLIP[domain] if hflip is None else hflip,
                          memory_limit_mb=1e6)
-    trainer = Trainer(net, split, config, out_dir)
     started = time.time()
-    result = trainer.run()
-    result["wall_s"] = time.time() - started
-    trainer.clear_checkpoint()
-    return trainer, result
+    report = train_domain(net, split, config, out_dir, save=False)
+    return report, time.time() - started
 
 
 def shared_net(args):
-    backbone, info = build_backbone(args.backbone)
-    net = AdaptedNet(backbone)
-    net.backbone_info = info
-    return net
+    return AdaptedNet(build_backbone(args.backbone)[0])
 
 
 def _subset(samples, count):
@@ -161,10 +159,10 @@ def choose_lr(method, args, cache, root):
     for factor in LR_FACTORS:
         lr = DEFAULT_LR[method] * factor
         net = shared_net(args)
-        _, result = train(net, "probe", method, probe, args, lr, args.lr_epochs,
+        report, _ = train(net, "probe", method, probe, args, lr, args.lr_epochs,
                           os.path.join(cache, "work", "lr-" + method), hflip=HFLIP[DOMAINS[0]])
-        trials.append({"lr": lr, "val_top1": result["val_top1"]})
-        print("  lr %-8g val top-1 %.3f" % (lr, result["val_top1"]), flush=True)
+        trials.append({"lr": lr, "val_top1": report.val_top1})
+        print("  lr %-8g val top-1 %.3f" % (lr, report.val_top1), flush=True)
     best = max(trials, key=lambda t: t["val_top1"])
     choice = {"lr": best["lr"], "trials": trials, "domain": DOMAINS[0]}
     with open(path, "w") as handle:
@@ -202,22 +200,22 @@ def cell(method, domain, args, cache, root, lr, net=None, variant=None):
         return cached
     split, test = load_domain(root, domain)
     net = net if net is not None else shared_net(args)
-    trainer, result = train(net, domain, method, split, args, lr, args.epochs,
-                            os.path.join(cache, "work", os.path.basename(path)[:-5]),
-                            variant=variant)
-    top1, logits = evaluate(net, trainer, test)
+    report, wall_s = train(net, domain, method, split, args, lr, args.epochs,
+                           os.path.join(cache, "work", os.path.basename(path)[:-5]),
+                           variant=variant)
+    top1, logits = evaluate(net, report, test)
     saved = adapter_io.save_domain(net, domain, os.path.join(cache, "adapters", name, domain),
-                                   split.classes, trainer.resolution, {})
+                                   split.classes, report.resolution, {})
     record = {"method": name, "domain": domain, "config": config, "lr": lr, "test_top1": top1,
-              "val_top1": result["val_top1"], "trainable_params": trainable_parameters(net),
+              "val_top1": report.val_top1, "trainable_params": trainable_parameters(net),
               "adapter_bytes": saved["weights_bytes"],
-              "saved_activation_mb": result["saved_activation_mb"],
-              "images_per_sec": result["images_per_sec"], "wall_s": result["wall_s"],
+              "saved_activation_mb": report.saved_activation_bytes / MB,
+              "images_per_sec": report.images_per_sec, "wall_s": wall_s,
               "train_images": len(split.train), "test_images": len(test),
               "logits_sha256": hashlib.sha256(logits.numpy().tobytes()).hexdigest()}
     with open(path, "w") as handle:
         json.dump(record, handle)
-    return record, trainer, test
+    return record, report, test
 
 
 def sequential_da2(args, cache, root, lr):
@@ -231,12 +229,12 @@ def sequential_da2(args, cache, root, lr):
     net = shared_net(args)
     seen, checks = [], []
     for domain in DOMAINS:
-        record, trainer, test = cell("da2", domain, args, cache, root, lr, net=net)
+        record, report, test = cell("da2", domain, args, cache, root, lr, net=net)
         print("  da2 %-8s test top-1 %.3f" % (domain, record["test_top1"]), flush=True)
-        seen.append((domain, trainer, test, record["logits_sha256"]))
-        for earlier, earlier_trainer, earlier_test, digest in seen[:-1]:
+        seen.append((domain, report, test, record["logits_sha256"]))
+        for earlier, earlier_report, earlier_test, digest in seen[:-1]:
             net.set_active(earlier)
-            _, logits = evaluate(net, earlier_trainer, earlier_test)
+            _, logits = evaluate(net, earlier_report, earlier_test)
             same = hashlib.sha256(logits.numpy().tobytes()).hexdigest() == digest
             checks.append({"after": domain, "domain": earlier, "identical": same})
     with open(path, "w") as handle:

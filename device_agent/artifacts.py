@@ -39,7 +39,8 @@ STR_SETTINGS = ("attention", "upsample")
 BOOL_SETTINGS = ("train_biases",)
 # Metrics the API, /metrics and the dashboard read as numbers.
 NUMERIC_METRICS = ("val_top1", "val_top5", "adapter_bytes", "trainable_params", "epochs",
-                   "images_per_sec", "peak_rss_mb", "saved_activation_mb")
+                   "images_per_sec", "peak_rss_bytes", "saved_activation_bytes",
+                   "peak_rss_mb", "saved_activation_mb")  # the last two: older adapters
 CONFIG_KEYS = {"format", "format_version", "agent_version", "backbone", "method",
                "adapter_settings", "train_bn", "dropout", "class_names", "input_size", "mean",
                "std", "metrics", "weights_file", "weights_sha256", "weights_bytes"}

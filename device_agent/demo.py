@@ -5,6 +5,9 @@ from typing import Dict, Optional
 
 from device_agent.errors import InvalidInput
 
+# The domain's name: the daemon seeds it (api/demo.py), the client's demo command follows it.
+DEMO_DOMAIN = "digits"
+
 
 def write_digits_folder(root: str, seed: int = 0, val_fraction: float = 0.2,
                         per_class: Optional[int] = None) -> Dict[str, int]:

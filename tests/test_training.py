@@ -1,4 +1,5 @@
 """The training engine: real data, early stopping, checkpoints and resume."""
+import json
 import os
 
 import pytest
@@ -7,7 +8,7 @@ import torch
 from device_agent.errors import InvalidInput
 from device_agent.model.builder import build_net
 from device_agent.training import data
-from device_agent.training.loop import TrainConfig, Trainer
+from device_agent.training.loop import Stopped, TrainConfig, Trainer
 
 from conftest import needs_lite0
 
@@ -20,9 +21,9 @@ def test_da2_on_real_digits_beats_chance_by_far(digits_dir, tmp_path):
     net = build_net("efficientnet_lite0", "da2", len(split.classes))
     config = TrainConfig(epochs=2, batch_size=32, resolution=32, hflip=False)
     result = Trainer(net, split, config, str(tmp_path)).run()
-    assert result["val_top1"] > 0.6  # chance is 0.1; measured 0.7-0.8 here
-    assert result["epochs"] == 2 and result["saved_activation_mb"] > 0
-    assert result["images_per_sec"] > 0 and result["trainable_params"] > 0
+    assert result.val_top1 > 0.6  # chance is 0.1; measured 0.7-0.8 here
+    assert result.epochs == 2 and result.saved_activation_bytes > 0
+    assert result.images_per_sec > 0 and result.trainable_params > 0
 
 
 def _resnet_run(folder, out, epochs, on_progress=None, val_fraction=0.34):
@@ -61,7 +62,7 @@ def test_a_killed_run_resumes_to_the_same_result(textured_folder, tmp_path):
     losses["resumed"] = []
     resumed, result = _resnet_run(textured_folder, str(tmp_path / "resumed"), 3,
                                   recorder("resumed"), val_fraction=0)
-    assert result["resumed"] and result["epochs"] == 3
+    assert result.resumed and result.epochs == 3
     assert len(losses["whole"]) == 2 * 5  # epochs 1-2, 18 images in batches of 4
     assert losses["resumed"] == losses["whole"]
     expected, got = whole.net.domain.state_dict(), resumed.net.domain.state_dict()
@@ -81,7 +82,7 @@ def test_early_stopping_keeps_the_best_epoch(small_folder, tmp_path):
     config = TrainConfig(epochs=8, batch_size=4, resolution=32, lr=1e-9, patience=1)
     trainer = Trainer(net, split, config, str(tmp_path))
     result = trainer.run()  # a vanishing learning rate cannot improve: stops after 2 epochs
-    assert result["epochs"] == 2 and len(trainer.history) == 2
+    assert result.epochs == 2 and len(trainer.history) == 2
 
 
 def test_stratified_split_is_seeded_and_keeps_every_class():
@@ -132,3 +133,17 @@ def test_devices_are_checked():
     for bad in ("tpu", "banana", "cuda:0" if not torch.cuda.is_available() else "mps"):
         with pytest.raises(InvalidInput):
             resolve_device(bad)
+
+
+def test_should_stop_ends_the_run_and_keeps_the_last_epochs_checkpoint(small_folder, tmp_path):
+    torch.manual_seed(0)
+    split = data.discover(small_folder, val_fraction=0.34)
+    net = build_net("resnet18", "last", 3, weights="random")
+    config = TrainConfig(epochs=5, batch_size=4, resolution=32)
+    trainer = Trainer(net, split, config, str(tmp_path),
+                      should_stop=lambda: len(trainer.history) >= 1)
+    with pytest.raises(Stopped):
+        trainer.run()
+    assert len(trainer.history) == 1
+    with open(os.path.join(trainer.checkpoint_dir, "state.json")) as handle:
+        assert json.load(handle)["epoch"] == 0

@@ -30,22 +30,31 @@ def worker():
 
 
 def _reply(peer, msg_id, events=None):
-    """The reply to ``msg_id``; progress events met on the way are collected."""
+    """The reply to ``msg_id``; job events (and a job_done) met on the way are collected."""
     while True:
         header, _ = peer.receive()
-        if header["kind"] == "progress":
+        if header["kind"] in ("job_event", "job_done"):
             if events is not None:
-                events.append(header["event"])
+                events.append(_job_message(header))
             continue
         assert header["reply_to"] == msg_id
         return header
 
 
+def _job_message(header):
+    """A job_event's event, or the job_done itself (as ``{"event": "job_done", ...}``)."""
+    if header["kind"] == "job_event":
+        return header["event"]
+    return {"event": "job_done", "state": header["state"], "report": header["report"],
+            "error": header["error"]}
+
+
 def _until_done(peer, events):
-    while not events or events[-1]["event"] not in ("finished", "failed", "cancelled"):
+    """The job's one job_done; the events before it are collected in ``events``."""
+    while not events or events[-1]["event"] != "job_done":
         header, _ = peer.receive()
-        assert header["kind"] == "progress"
-        events.append(header["event"])
+        assert header["kind"] in ("job_event", "job_done"), header
+        events.append(_job_message(header))
     return events[-1]
 
 
@@ -69,8 +78,8 @@ def test_train_then_predict_then_shutdown(worker, small_folder, tmp_path):
                      out_dir=str(tmp_path / "job2"), params=params)
     assert _reply(peer, busy, events)["code"] == "conflict"
     done = _until_done(peer, events)
-    assert done["event"] == "finished", done
-    assert done["result"]["adapter_bytes"] > 0 and done["result"]["epochs"] == 2
+    assert done["state"] == "succeeded" and done["error"] == {}, done
+    assert done["report"]["adapter_bytes"] > 0 and done["report"]["epochs"] == 2
     assert [e["epoch"] for e in events if e["event"] == "epoch"] == [0, 1]
     images = [_png((220, 30, 30)), _png((30, 40, 220))]
     msg = peer.send("predict", b"".join(images), domain="colours", adapter_dir=out, top_k=2,
@@ -92,7 +101,10 @@ def test_a_job_can_be_cancelled(worker, small_folder, tmp_path):
     events = []
     assert _reply(peer, msg, events)["kind"] == "result"
     assert _reply(peer, peer.send("cancel", job_id="long"), events)["data"]["cancelled"]
-    assert _until_done(peer, events)["event"] == "cancelled"
+    done = _until_done(peer, events)
+    assert done["state"] == "cancelled" and done["report"] == {}
+    assert os.path.isfile(str(tmp_path / "long" / "checkpoint" / "state.json")) or not any(
+        e["event"] == "epoch" for e in events)  # a cancel keeps the last epoch's checkpoint
     assert not _reply(peer, peer.send("cancel", job_id="long"))["data"]["cancelled"]
 
 
@@ -234,7 +246,7 @@ def test_a_seeded_job_with_fixed_threads_is_reproducible(textured_folder, tmp_pa
             _reply(peer, peer.send("train", job_id=name, domain=name,
                                    dataset_dir=textured_folder, out_dir=out, params=params),
                    events)
-            assert _until_done(peer, events)["event"] == "finished"
+            assert _until_done(peer, events)["state"] == "succeeded"
             with open(os.path.join(out, artifacts.WEIGHTS_NAME), "rb") as handle:
                 weights.append(handle.read())
         assert weights[0] == weights[1] and weights[0] != weights[2]

@@ -7,9 +7,9 @@ from typing import Callable, Optional
 
 from fastapi import Header, Request
 
+from device_agent import atomic
 from device_agent.api.problems import send_problem
 from device_agent.errors import Unauthorized
-from device_agent.store import atomic
 
 UNAUTHORIZED = "missing or wrong API token (Authorization: Bearer <token>)"
 

@@ -6,14 +6,15 @@ import shutil
 import tarfile
 import tempfile
 
-from device_agent.demo import write_digits_folder
+from device_agent.demo import DEMO_DOMAIN, write_digits_folder
+from device_agent.jobspec import DEFAULT_BACKBONE, DEFAULT_METHOD, TrainParams
 from device_agent.store import datasets
 from device_agent.store.db import Store
 from device_agent.store.layout import DataPaths
 
-DEMO_DOMAIN = "digits"
-DEMO_JOB = {"method": "da2", "backbone": "efficientnet_lite0", "epochs": 4, "batch_size": 32,
-            "resolution": 64, "hflip": False, "seed": 0}
+DEMO_JOB = {"method": DEFAULT_METHOD, "backbone": DEFAULT_BACKBONE, "epochs": 4,
+            "batch_size": 32, "resolution": 64, "hflip": False, "seed": 0}
+TrainParams.from_mapping(DEMO_JOB)  # at import: a job the worker would refuse cannot ship
 
 
 def seed_demo_domain(store: Store, paths: DataPaths) -> bool:

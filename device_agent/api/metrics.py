@@ -30,11 +30,12 @@ class Metrics(object):
                               buckets=JOB_BUCKETS, registry=self.registry)
         self.registry.register(_BoardCollector(sampler, store))
         self.started = {}  # type: Dict[str, float]
-        self.training_cpu = {}  # type: Dict[str, float]  the running job's latest figures
+        # the running job's latest threads and CPU share
+        self.training_cpu = {}  # type: Dict[str, float]
         self.registry.register(_TrainingCpuCollector(self.training_cpu))
 
     def observe_event(self, job_id: str, event: Dict[str, object]) -> None:
-        """A worker event as the runner saw it."""
+        """A worker's job event as the runner saw it (``job_done``: the job's end)."""
         kind = event.get("event")
         for ms in event.get("step_ms_recent") or []:
             self.steps.observe(ms / 1000.0)
@@ -43,12 +44,11 @@ class Metrics(object):
             self.training_cpu.update(share=cpu["cpu_share"], threads=cpu.get("intra_op"))
         if kind == "start":
             self.started[job_id] = time.time()
-        elif kind in ("finished", "failed", "cancelled"):
+        elif kind == "job_done":
             self.training_cpu.clear()
             began = self.started.pop(job_id, None)
             if began is not None:
-                state = {"finished": "succeeded"}.get(str(kind), str(kind))
-                self.jobs.labels(state).observe(time.time() - began)
+                self.jobs.labels(str(event["state"])).observe(time.time() - began)
 
 
 class _TrainingCpuCollector(object):

@@ -3,14 +3,23 @@
 Responses are built from the store's records by :mod:`device_agent.api.views`; every field
 a job or a domain may not have yet is optional (null).
 """
-from typing import Dict, List, Literal, Optional, Union
+from typing import Dict, List, Literal, Optional, Tuple, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationInfo,
+    create_model,
+    field_validator,
+)
 
+from device_agent import jobspec
+from device_agent.errors import AgentError
 from device_agent.manifest import load_manifest
 
-Method = Literal["da2", "finetune", "last", "bn_last", "tinytl_bias", "tinytl_lite_residual"]
-JobState = Literal["queued", "running", "succeeded", "failed", "cancelled", "interrupted"]
+JobState = Literal[jobspec.JOB_STATES]
 
 
 class Problem(BaseModel):
@@ -42,29 +51,31 @@ ERROR_RESPONSES = {
 }
 
 
-class JobRequest(BaseModel):
-    """Hyperparameters of one training job; unknown fields are refused."""
+def _request_field(param: jobspec.Param) -> Tuple[object, object]:
+    """(annotation, Field) of one job parameter: its type, default and bounds from the
+    contract (a parameter that also takes "auto" is range-checked by a validator below)."""
+    kind = {dict: Dict[str, Union[StrictBool, int, float, str]]}.get(param.type, param.type)
+    if param.choices:
+        kind = Literal[param.choices]
+    if param.auto:
+        kind = Union[kind, Literal["auto"]]
+    if param.nullable:
+        kind = Optional[kind]
+    bounds = {}  # type: Dict[str, float]
+    if param.low is not None and not param.auto:
+        bounds["gt" if param.open_low else "ge"] = param.low
+    if param.high is not None and not param.auto:
+        bounds["lt" if param.open_high else "le"] = param.high
+    return kind, Field(param.default, description=param.description, **bounds)
 
-    model_config = ConfigDict(extra="forbid")
-    method: Method = Field("da2", description="what is trained: da2 (the DA2 adapter), or a "
-                                              "baseline")
-    backbone: str = Field("efficientnet_lite0", description="a backbone of models/manifest.json")
-    epochs: int = Field(5, ge=1, le=1000, description="passes over the training split")
-    batch_size: Union[int, Literal["auto"]] = Field(
-        8, description="images per step (1-1024), or \"auto\": the largest that the analytic "
-                       "estimator fits under the memory limit")
-    resolution: Optional[int] = Field(None, ge=16, le=1024,
-                                      description="input size in pixels; default: the backbone's")
-    lr: Optional[float] = Field(None, gt=0, le=1, description="learning rate; default: the "
-                                                              "method's")
-    memory_limit_mb: Optional[int] = Field(
-        None, ge=64, le=1 << 20, description="the worker's memory ceiling for this job (RSS, "
-        "and the CUDA allocator's cap); default: the daemon's setting, else what MemAvailable "
-        "leaves")
-    seed: int = Field(0, ge=0, le=2 ** 31 - 1, description="data split, shuffling and init")
-    micro_batch: int = Field(0, ge=0, le=1024,
-                             description="> 0: accumulate gradients over chunks of this size")
-    hflip: bool = Field(True, description="horizontal-flip augmentation (off for text, digits)")
+
+_JobFields = create_model("_JobFields", __config__=ConfigDict(extra="forbid"),
+                          **{p.name: _request_field(p) for p in jobspec.PARAMS})
+
+
+class JobRequest(_JobFields):
+    """Hyperparameters of one training job (:data:`device_agent.jobspec.PARAMS`); unknown
+    fields are refused."""
 
     @field_validator("backbone")
     @classmethod
@@ -73,11 +84,14 @@ class JobRequest(BaseModel):
             raise ValueError("unknown backbone %r" % value)
         return value
 
-    @field_validator("batch_size")
+    @field_validator(*[p.name for p in jobspec.PARAMS if p.auto])
     @classmethod
-    def _batch_range(cls, value: Union[int, str]) -> Union[int, str]:
-        if value != "auto" and not 1 <= value <= 1024:
-            raise ValueError("batch_size is 1-1024 or \"auto\"")
+    def _auto_or_in_range(cls, value: Union[int, str], info: ValidationInfo) -> Union[int, str]:
+        if value != "auto":
+            try:
+                jobspec.check_value(jobspec.PARAM_BY_NAME[info.field_name], value)
+            except AgentError as exc:  # a schema error: 422 with the field, as for the rest
+                raise ValueError(exc.message) from None
         return value
 
 
@@ -120,9 +134,11 @@ class EpochMetrics(BaseModel):
 
 
 class JobMemory(BaseModel):
+    """Every figure in MiB (2^20 bytes), the unit of the job's telemetry."""
+
     batch_size: Optional[int] = Field(None, description="images per step (after \"auto\")")
     micro_batch: Optional[int] = Field(None, description="images per forward/backward chunk")
-    memory_limit_mb: Optional[float] = Field(None, description="the job's ceiling, MB")
+    memory_limit_mb: Optional[float] = Field(None, description="the job's ceiling")
     saved_activation_mb: Optional[float] = Field(None, description="what autograd keeps for "
                                                                    "backward per step, measured")
     estimated_peak_mb: Optional[float] = Field(None, description="the planner's estimate of "

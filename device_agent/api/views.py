@@ -2,17 +2,40 @@
 import time
 from typing import Dict, Optional
 
+from device_agent.jobspec import LEGACY_MB, JobReport, to_mib
 from device_agent.store.db import Store
 
-_MEMORY = ("batch_size", "micro_batch", "memory_limit_mb", "saved_activation_mb",
-           "estimated_peak_mb", "step_peak_rss_mb", "cuda_peak_mb")
-_LATENCY = ("step_ms_p50", "step_ms_p95", "images_per_sec")
+# Job.memory field -> (the report's field, in bytes; the live progress fields, in the
+# trainer's 10^6-byte MB). Every figure is shown in MiB, the unit of the job's telemetry.
+_MEMORY = (("memory_limit_mb", "memory_limit_bytes", ("memory_limit_mb",)),
+           ("saved_activation_mb", "saved_activation_bytes", ("saved_activation_mb",)),
+           ("estimated_peak_mb", "estimated_peak_bytes", ("estimated_peak_mb",)),
+           ("step_peak_rss_mb", "step_peak_rss_bytes", ("step_peak_rss_mb", "rss_mb")),
+           ("worker_peak_rss_mb", "peak_rss_bytes", ()),
+           ("cuda_peak_mb", "cuda_peak_bytes", ("cuda_peak_mb",)))
+
+
+def _memory(progress: Dict[str, object], report: Optional[JobReport]) -> Dict[str, object]:
+    """The report's figures once it is there, else the live ones."""
+    memory = {}  # type: Dict[str, object]
+    for shown, reported, live in _MEMORY:
+        value = report.mib(reported) if report is not None else None
+        if value is None:
+            value = next((to_mib(progress[key], LEGACY_MB) for key in live
+                          if progress.get(key) is not None), None)
+        memory[shown] = value
+    for key in ("batch_size", "micro_batch"):
+        final = getattr(report, key) if report is not None else None
+        memory[key] = final if final is not None else progress.get(key)
+    memory["adjustments"] = (report.memory_adjustments if report is not None
+                             else progress.get("memory_adjustments", []))
+    return memory
 
 
 def job_view(record: Dict[str, object]) -> Dict[str, object]:
     """A job with its live progress, or its final report once it has one."""
-    progress, report = record["progress"], record["report"]
-    latest = dict(progress, **report)  # the report's final figures win
+    progress = record["progress"]
+    report = JobReport.from_dict(record["report"]) if record["report"] else None
     epoch, step = progress.get("epoch"), progress.get("step")
     epochs, steps = progress.get("epochs"), progress.get("steps")
     fraction = 0.0
@@ -20,11 +43,7 @@ def job_view(record: Dict[str, object]) -> Dict[str, object]:
         fraction = min(1.0, (epoch * steps + step) / float(epochs * steps))
     if record["state"] == "succeeded":
         fraction = 1.0
-    memory = {k: latest.get(k) for k in _MEMORY}
-    memory["step_peak_rss_mb"] = latest.get("step_peak_rss_mb") or progress.get("rss_mb")
-    memory["worker_peak_rss_mb"] = report.get("peak_rss_mb")
-    memory["adjustments"] = report.get("memory_adjustments",
-                                       progress.get("memory_adjustments", []))
+    final = report.to_dict() if report is not None else {}
     return {
         "id": record["id"], "domain": record["domain"], "state": record["state"],
         "params": record["params"], "created_at": record["created_at"],
@@ -34,15 +53,20 @@ def job_view(record: Dict[str, object]) -> Dict[str, object]:
                      "fraction": fraction,
                      "eta_s": 0.0 if record["state"] == "succeeded" else progress.get("eta_s"),
                      "loss": progress.get("loss")},
-        "history": report.get("history") or progress.get("history", []),
-        "val_top1": report.get("val_top1"),
-        "memory": memory,
-        "latency": {k: latest.get(k) for k in _LATENCY},
-        "cpu": latest.get("cpu") or {},
-        "adapter_bytes": report.get("adapter_bytes"),
-        "trainable_params": report.get("trainable_params"),
+        "history": final.get("history") or progress.get("history", []),
+        "val_top1": final.get("val_top1"),
+        "memory": _memory(progress, report),
+        "latency": {k: _final_or_live(final, progress, k) for k in JobReport.LATENCY},
+        "cpu": final.get("cpu") or progress.get("cpu") or {},
+        "adapter_bytes": final.get("adapter_bytes"),
+        "trainable_params": final.get("trainable_params"),
         "telemetry": dict(record.get("telemetry") or {}, duration_s=_duration(record)),
     }
+
+
+def _final_or_live(final: Dict[str, object], progress: Dict[str, object], key: str) -> object:
+    value = final.get(key)
+    return progress.get(key) if value is None else value
 
 
 def _duration(record: Dict[str, object]) -> Optional[float]:

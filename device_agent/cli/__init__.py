@@ -8,16 +8,16 @@ from typing import List, Optional
 
 from device_agent import __version__
 from device_agent.cli import export_command
+from device_agent.cli.job_flags import add_job_flags
 from device_agent.client import DEFAULT_SERVER
 from device_agent.cpu_budget import configure_process
 from device_agent.errors import AgentError
-
-BACKBONE_DEFAULT = "efficientnet_lite0"
+from device_agent.jobspec import DEFAULT_BACKBONE
 
 
 def _add_memory(commands) -> None:
     p = commands.add_parser("memory", help="training memory of every method on a backbone")
-    p.add_argument("--backbone", default=BACKBONE_DEFAULT)
+    p.add_argument("--backbone", default=DEFAULT_BACKBONE)
     p.add_argument("--resolution", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--methods", nargs="+", help="default: all")
@@ -31,26 +31,8 @@ def _add_memory(commands) -> None:
 def _add_train(commands) -> None:
     p = commands.add_parser("train", help="train one domain's adapter on an ImageFolder")
     p.add_argument("data_dir", help="train/<class>/* (+ optional val/<class>/*) or <class>/*")
-    p.add_argument("--backbone", default=BACKBONE_DEFAULT)
-    p.add_argument("--method", default="da2")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--resolution", type=int, default=0, help="0: the backbone's input size")
-    p.add_argument("--batch-size", type=_batch_size, default=8,
-                   help="a number, or auto: the largest that fits the memory limit")
-    p.add_argument("--memory-limit-mb", type=float, default=0,
-                   help="the job's memory ceiling (0: what MemAvailable leaves)")
-    p.add_argument("--lr", type=float, default=0.0, help="0: the method's default")
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--micro-batch", type=int, default=0)
-    p.add_argument("--patience", type=int, default=0, help="early-stopping patience; 0: off")
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--no-hflip", action="store_true", help="no horizontal-flip augmentation")
+    add_job_flags(p, local=True)
     p.add_argument("--plain", action="store_true", help="stock autograd (for comparison)")
-    p.add_argument("--train-bn", action="store_true", help="da2: also train BN scale/shift")
-    p.add_argument("--adapter-setting", action="append", default=[], type=_setting,
-                   metavar="KEY=VALUE", help="da2: one adapter setting, e.g. pool=2 or "
-                   "attention=channel (repeatable; README: The DA2 adapter)")
     p.add_argument("--weights", help="backbone weights file, or 'random' (tests only)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     p.add_argument("--out", required=True, help="adapter directory (also holds the checkpoint)")
@@ -89,16 +71,7 @@ def _add_push(commands) -> None:
     p.add_argument("data_dir", help="train/<class>/* (+ optional val/<class>/*) or <class>/*")
     p.add_argument("--domain", required=True, help="a-z, 0-9, '_' and '-'")
     _add_client_flags(p)
-    p.add_argument("--method")
-    p.add_argument("--backbone")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=_batch_size, help="a number, or auto")
-    p.add_argument("--resolution", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--memory-limit-mb", type=int)
-    p.add_argument("--micro-batch", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--no-hflip", action="store_true", help="no horizontal-flip augmentation")
+    add_job_flags(p, local=False)
     p.add_argument("--no-follow", action="store_true", help="queue the job and return")
 
 
@@ -112,26 +85,6 @@ def _add_status(commands) -> None:
     p = commands.add_parser("status", help="the daemon's domains (or one domain) and worker")
     p.add_argument("domain", nargs="?")
     _add_client_flags(p)
-
-
-def _setting(text: str):
-    """KEY=VALUE, the value read as JSON when it parses (2, true) and as a string otherwise."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError("KEY=VALUE, not %r" % text)
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
-
-
-def _batch_size(text: str):
-    if text == "auto":
-        return "auto"
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("a number or auto, not %r" % text) from None
 
 
 def _add_models(commands) -> None:
@@ -197,7 +150,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         except AgentError as exc:
             print("error: %s" % exc.message, file=sys.stderr)
             return exc.exit_code
-        from device_agent.cli import model_commands as commands
+        from device_agent.cli import torch_commands as commands
         if args.command == "export":
             commands = export_command
     handler = getattr(commands, "run_" + args.command)

@@ -11,6 +11,7 @@ import tempfile
 import time
 from typing import Dict, List, Optional
 
+from device_agent.cli.job_flags import params_from_args
 from device_agent.cli.progress import JobProgress
 from device_agent.client import (
     DEFAULT_SERVER,
@@ -21,11 +22,10 @@ from device_agent.client import (
     resolve_token,
 )
 from device_agent.errors import AgentError
+from device_agent.jobspec import TERMINAL_STATES
 from device_agent.store.layout import DataPaths
 
-TERMINAL = ("succeeded", "failed", "cancelled")
-JOB_FLAGS = ("method", "backbone", "epochs", "batch_size", "resolution", "lr",
-             "memory_limit_mb", "seed", "micro_batch")
+TERMINAL = TERMINAL_STATES
 
 
 def _client(args) -> Client:
@@ -46,13 +46,6 @@ def follow(client: Client, job_id: str, interval: float = 1.0,
         time.sleep(interval)
 
 
-def job_params(args) -> Dict[str, object]:
-    params = {k: getattr(args, k) for k in JOB_FLAGS if getattr(args, k, None) is not None}
-    if args.no_hflip:
-        params["hflip"] = False
-    return params
-
-
 def run_push(args) -> int:
     client = _client(args)
     domain_path(args.domain)  # a bad name fails here, before the folder is archived
@@ -67,7 +60,7 @@ def run_push(args) -> int:
         sum(summary["counts"].get("val", {}).values()), len(summary["rejected"])))
     for item in summary["rejected"][:5]:
         print("  rejected %s: %s" % (item["file"], item["reason"]))
-    job_id = client.start_job(args.domain, job_params(args))
+    job_id = client.start_job(args.domain, params_from_args(args))
     print("job %s queued" % job_id)
     if args.no_follow:
         return 0
@@ -86,7 +79,7 @@ def _print_result(job: Dict[str, object], as_json: bool) -> int:
     elif job["state"] == "succeeded":
         memory, latency = job["memory"], job["latency"]
         print("val top-1 %.3f | adapter %d bytes, %d trainable params | saved activations "
-              "%.1f MB, worker peak RSS %.0f MB | step p50 %.0f ms, %.1f img/s" % (
+              "%.1f MiB, worker peak RSS %.0f MiB | step p50 %.0f ms, %.1f img/s" % (
                   job["val_top1"] or 0, job["adapter_bytes"] or 0, job["trainable_params"] or 0,
                   memory["saved_activation_mb"] or 0, memory["worker_peak_rss_mb"] or 0,
                   latency["step_ms_p50"] or 0, latency["images_per_sec"] or 0))
@@ -137,7 +130,7 @@ def _print_domain(d: Dict[str, object]) -> None:
             "imported"))
     last = d["last_job"]
     if last:
-        print("  last job %s: %s, %d%%, eta %s s, peak RSS %s MB, step p50 %s ms" % (
+        print("  last job %s: %s, %d%%, eta %s s, peak RSS %s MiB, step p50 %s ms" % (
             last["id"], last["state"], 100 * last["progress"]["fraction"],
             _fmt(last["progress"]["eta_s"]), _fmt(last["memory"]["step_peak_rss_mb"]),
             _fmt(last["latency"]["step_ms_p50"])))
@@ -228,8 +221,7 @@ def _wait_ready(client: Client, proc: subprocess.Popen, timeout: float = 300) ->
 def run_demo(args) -> int:
     """Start the daemon with the demo domain, follow its training, show status and a
     prediction, then keep serving (Ctrl-C stops) unless ``--exit``."""
-    from device_agent.api.demo import DEMO_DOMAIN
-    from device_agent.demo import write_digits_folder
+    from device_agent.demo import DEMO_DOMAIN, write_digits_folder
 
     data_dir = os.path.abspath(args.data_dir)
     paths = DataPaths(data_dir)

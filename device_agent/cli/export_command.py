@@ -27,7 +27,7 @@ def add_parser(commands) -> None:
 
 def _image_files(paths: List[str]) -> List[str]:
     from device_agent.errors import InvalidInput
-    from device_agent.store.datasets import IMAGE_EXTENSIONS
+    from device_agent.imagefolder import IMAGE_EXTENSIONS
 
     files = []
     for path in paths:

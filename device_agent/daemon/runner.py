@@ -1,7 +1,7 @@
 """Feeds the store's job queue to the worker, one job at a time (stdlib only).
 
 The oldest queued job is claimed and the worker trains it into ``jobs/<id>/``, where its
-checkpoint lives too. Progress events update the job; on ``finished`` that directory is
+checkpoint lives too. ``job_event``s update the job; on a succeeded ``job_done`` that directory is
 renamed into ``domains/<domain>/adapters/<id>/`` and promoted -- version recorded, made
 active, job succeeded -- in one store transaction. When the worker dies mid-job, the job is
 marked interrupted and queued again: it resumes from its checkpoint in the same directory.
@@ -22,7 +22,6 @@ from device_agent.store.db import Store
 from device_agent.store.layout import DataPaths
 
 log = logging.getLogger("device_agent.daemon")
-TERMINAL_EVENTS = ("finished", "failed", "cancelled")
 LOGGED_EVENTS = ("start", "epoch", "memory_adjusted")  # also kept as job events
 
 
@@ -106,9 +105,15 @@ class JobRunner(object):
         try:
             dataset = self.store.get_dataset(job["dataset_id"])
             with self.heartbeat.waiting():  # the worker's answer, bounded by the timeout
-                self.supervisor.request("train", timeout=300, job_id=job["id"],
-                                        domain=job["domain"], dataset_dir=dataset["path"],
-                                        out_dir=self.paths.job(job["id"]), params=job["params"])
+                accepted = self.supervisor.request(
+                    "train", timeout=300, job_id=job["id"], domain=job["domain"],
+                    dataset_dir=dataset["path"], out_dir=self.paths.job(job["id"]),
+                    params=job["params"])
+            if accepted.get("started") is not True:  # a protocol bug, never a silent start
+                raise AgentError("the worker did not start job %s: %r" % (job["id"], accepted))
+            log.info("job %s started: %d classes, %s train / %s val images", job["id"],
+                     len(accepted.get("classes") or ()), accepted.get("train_images"),
+                     accepted.get("val_images"))
         except WorkerUnavailable:  # the worker died before or while taking the job
             self._settle(job["id"], lambda: self._requeue(job["id"]), "requeueing a job")
         except AgentError as exc:
@@ -166,23 +171,26 @@ class JobRunner(object):
     # --- from the supervisor's reader thread --------------------------------------------
 
     def on_event(self, header: Dict[str, object]) -> None:
-        job_id, event = str(header["job_id"]), header["event"]
-        kind = event.get("event")
+        """A ``job_event`` (progress) or a ``job_done`` (the end) from the worker."""
+        job_id, done = str(header["job_id"]), header["kind"] == "job_done"
+        event = {"event": "job_done", "state": header["state"]} if done else header["event"]
         for listener in self.listeners:  # e.g. metrics; they must not fail the job
             try:
                 listener(job_id, event)
             except Exception:
                 log.exception("a job event listener failed")
-        if kind in TERMINAL_EVENTS:
-            if kind == "finished":
-                result = event["result"]
-                self._settle(job_id, lambda: self._promote(job_id, result), "promoting an adapter")
-            else:
-                error = event.get("error", {}).get("message") if kind == "failed" else None
-                self._settle(job_id, lambda: self._finish(job_id, str(kind), error),
-                             "finishing a job")
+        if done:
+            self._on_done(job_id, str(header["state"]), header["report"], header["error"])
         else:
-            self._record_progress(job_id, event, kind)
+            self._record_progress(job_id, event, event.get("event"))
+
+    def _on_done(self, job_id: str, state: str, report: Dict[str, object],
+                 error: Dict[str, object]) -> None:
+        if state == "succeeded":
+            self._settle(job_id, lambda: self._promote(job_id, report), "promoting an adapter")
+        else:
+            message = str(error.get("message")) if state == "failed" else None
+            self._settle(job_id, lambda: self._finish(job_id, state, message), "finishing a job")
 
     def _record_progress(self, job_id: str, event: Dict[str, object], kind: object) -> None:
         unwritten = self._unwritten.get(job_id)

@@ -2,8 +2,10 @@
 
 The worker's interpreter is part of ``command`` (on JetPack 4 the API runs on python3.8
 and the worker on the system python3.6 with NVIDIA's torch). A reader thread pairs
-``result``/``error`` replies with waiting requests and hands ``progress`` events to
-``on_event``. When the worker exits -- a segfault, an OOM kill, kill -9 -- every waiting
+``result``/``error`` replies with waiting requests and hands ``job_event`` and ``job_done``
+messages to ``on_event``. A worker that has not said hello within ``hello_timeout_s`` (hung
+importing torch, stuck on a driver) is killed and started again like one that died.
+When the worker exits -- a segfault, an OOM kill, kill -9 -- every waiting
 request fails with WorkerUnavailable, ``on_exit`` is called (the job runner requeues its
 job), and the worker is started again after a capped backoff.
 """
@@ -34,12 +36,14 @@ class _Pending(object):
 class WorkerSupervisor(object):
     def __init__(self, command: List[str], on_event: Callable[[Dict[str, object]], None],
                  on_exit: Callable[[], None], env: Optional[Dict[str, str]] = None,
-                 backoff: Tuple[float, ...] = BACKOFF_S, stuck_after_s: float = 120.0) -> None:
+                 backoff: Tuple[float, ...] = BACKOFF_S, stuck_after_s: float = 120.0,
+                 hello_timeout_s: float = HELLO_TIMEOUT_S) -> None:
         self.command = command
         self.on_event = on_event
         self.on_exit = on_exit
         self.env = env
         self.backoff = backoff
+        self.hello_timeout_s = hello_timeout_s
         self.state = "stopped"  # starting | ready | restarting | stopped
         self.hello = None  # type: Optional[Dict[str, object]]
         self.restarts = 0
@@ -117,11 +121,15 @@ class WorkerSupervisor(object):
         proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 env=self.env)
         self._proc, self._peer = proc, Peer(proc.stdout, proc.stdin)
+        deadline = threading.Timer(self.hello_timeout_s, self._kill_if_silent, (proc,))
+        deadline.daemon = True
+        deadline.start()
         try:
             self._read_loop()
         except (ProtocolError, OSError, ValueError):
             pass  # a garbled or broken stream: the process is restarted below
         finally:
+            deadline.cancel()
             self._ready.clear()
             self.state = "restarting"  # before anyone is told, so nobody dispatches to it
             if proc.poll() is None:
@@ -129,6 +137,14 @@ class WorkerSupervisor(object):
             self.last_exit_code = proc.wait()
             self._fail_pending()
             self.on_exit()  # the runner settles its job (it retries store writes itself)
+
+    def _kill_if_silent(self, proc: subprocess.Popen) -> None:
+        """The hello deadline passed: kill the worker if it has not spoken (the reader then
+        sees the stream end and the process is restarted)."""
+        if self._proc is proc and not self._ready.is_set() and proc.poll() is None:
+            log.warning("the worker (pid %d) sent no hello within %.0f s: killing it",
+                        proc.pid, self.hello_timeout_s)
+            proc.kill()
 
     def _read_loop(self) -> None:
         while True:
@@ -144,11 +160,11 @@ class WorkerSupervisor(object):
                 self.hello = header
                 self.state = "ready"
                 self._ready.set()
-            elif kind == "progress":
+            elif kind in ("job_event", "job_done"):
                 try:
                     self.on_event(header)
-                except Exception as exc:  # one event lost, never the supervision
-                    self.heartbeat.failed(exc, "handling a worker event")
+                except Exception as exc:  # one message lost, never the supervision
+                    self.heartbeat.failed(exc, "handling a worker's %s" % kind)
             elif kind in ("result", "error"):
                 with self._lock:
                     pending = self._pending.pop(header["reply_to"], None)

@@ -19,10 +19,9 @@ from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from device_agent import __version__, artifacts
+from device_agent import __version__, artifacts, atomic
 from device_agent.errors import ArtifactError, ExportParityError, InvalidInput
 from device_agent.export.onnx_fold import make_static
-from device_agent.store import atomic
 
 INPUT_NAME = "input_0"
 OUTPUT_NAME = "output_0"
@@ -123,9 +122,8 @@ def load_adapter(adapter_dir: str):
     config = adapter_io.read_config(adapter_dir)
     backbone = config["backbone"]
     weights = RANDOM if backbone["weights_sha256"] == RANDOM else None
-    frozen, info = build_backbone(backbone["name"], weights)
+    frozen, _ = build_backbone(backbone["name"], weights)
     net = AdaptedNet(frozen)
-    net.backbone_info = info
     adapter_io.load_domain(net, adapter_dir, "export")
     return net.eval(), config
 

@@ -28,8 +28,8 @@ import tempfile
 import time
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
+from device_agent import atomic
 from device_agent.errors import AgentError
-from device_agent.store import atomic
 
 PRECISIONS = ("fp16", "fp32")
 BUILDERS = ("auto", "python", "trtexec")

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from device_agent import __version__, artifacts
+from device_agent import __version__, artifacts, atomic
 from device_agent.artifacts import (
     CONFIG_NAME,
     FORMAT,
@@ -22,35 +22,45 @@ from device_agent.artifacts import (
     WEIGHTS_NAME,
 )
 from device_agent.errors import ArtifactError, InvalidInput, WeightsMismatch
+from device_agent.jobspec import JobReport
 from device_agent.model import safetensors_io
 from device_agent.model.adapters import LEGACY_SETTINGS
 from device_agent.model.network import AdaptedNet, DomainModule
-from device_agent.store import atomic
 
 
 def save_domain(net: AdaptedNet, name: str, directory: str, class_names: List[str],
                 input_size: int, metrics: Optional[Dict[str, object]] = None) -> Dict[str, object]:
-    """Write domain ``name`` of ``net`` into ``directory``; returns the config written."""
+    """Write domain ``name`` of ``net`` into ``directory``; returns the config written. The
+    metrics always carry ``adapter_bytes``, so the adapter names its size wherever it goes
+    (an imported adapter's summary is read from them)."""
     domain = net.set_active(name)
     if len(class_names) != domain.head.classes:
         raise ArtifactError("%d class names for a %d-class head"
                             % (len(class_names), domain.head.classes))
     blob = safetensors_io.dumps(domain.state_dict(), {"format": FORMAT})
-    info = net.backbone_info
+    spec = net.backbone_spec
     config = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "agent_version": __version__,
-        "backbone": {"name": info["name"], "weights_sha256": info["weights_sha256"]},
+        "backbone": {"name": spec.name, "weights_sha256": spec.weights_sha256},
         "method": domain.method.name, "adapter_settings": domain.adapter_settings,
         "train_bn": domain.train_bn, "dropout": domain.head.dropout,
         "class_names": list(class_names), "input_size": int(input_size),
-        "mean": list(info["mean"]), "std": list(info["std"]),
-        "metrics": dict(metrics or {}),
+        "mean": list(spec.mean), "std": list(spec.std),
+        "metrics": dict(metrics or {}, adapter_bytes=len(blob)),
         "weights_file": WEIGHTS_NAME, "weights_sha256": hashlib.sha256(blob).hexdigest(),
         "weights_bytes": len(blob),
     }
     atomic.write_bytes(os.path.join(directory, WEIGHTS_NAME), blob)
     atomic.write_json(os.path.join(directory, CONFIG_NAME), config)
     return config
+
+
+def save_report(net: AdaptedNet, name: str, directory: str, report: JobReport) -> None:
+    """Save the trained domain with its job's report as the metrics; the report gets the
+    adapter's size."""
+    config = save_domain(net, name, directory, report.classes, report.resolution,
+                         report.metrics())
+    report.adapter_bytes = int(config["weights_bytes"])
 
 
 def read_config(directory: str) -> Dict[str, object]:
@@ -79,13 +89,13 @@ def load_domain(net: AdaptedNet, directory: str, name: str,
     """Add the domain saved in ``directory`` to ``net`` as ``name``; returns its config."""
     config = read_config(directory)
     backbone = config["backbone"]
-    info = net.backbone_info
-    if backbone.get("name") != info["name"]:
+    spec = net.backbone_spec
+    if backbone.get("name") != spec.name:
         raise WeightsMismatch("adapter was trained on backbone %r, this one is %r"
-                              % (backbone.get("name"), info["name"]))
-    if check_backbone and backbone.get("weights_sha256") != info["weights_sha256"]:
+                              % (backbone.get("name"), spec.name))
+    if check_backbone and backbone.get("weights_sha256") != spec.weights_sha256:
         raise WeightsMismatch("adapter was trained on backbone weights %s, these are %s"
-                              % (backbone.get("weights_sha256"), info["weights_sha256"]))
+                              % (backbone.get("weights_sha256"), spec.weights_sha256))
     tensors = _read_weights(directory, config["weights_sha256"])
     try:
         settings = config["adapter_settings"]

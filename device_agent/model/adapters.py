@@ -2,13 +2,14 @@
 
 DA2/DA3 (Yang, Rakin & Fan, arXiv 2012.01362) learns a light-weight additive attention
 adapter per block while the backbone stays frozen; "additive" so that nothing on the
-frozen path must be kept for backward (shared/research/paper.md, section 1.4). The paper's
+frozen path must be kept for backward (https://arxiv.org/abs/2012.01362). The paper's
 full text is not available, so the branch below is our design from what is known:
 
     pool (avg, by ``pool`` x the block's stride) -> 1x1 reduce -> ReLU
       -> attention inside the branch (channel: squeeze-excite; spatial: CBAM-style)
       -> 1x1 expand (zero-initialised, so the adapted net starts as the backbone)
-      -> bilinear upsample -> added to the block's pre-activation output.
+      -> upsample (``block``: each cell back onto the pixels it pooled, the default; or
+         ``bilinear``) -> added to the block's pre-activation output.
 
 Every tensor it keeps is at the pooled resolution. TinyTL's lite residual module
 (Cai et al. 2020, Eq. 4) is here too, as a baseline.

@@ -13,11 +13,11 @@ import torch.nn as nn
 
 from device_agent.errors import UnknownName, WeightsMismatch, WeightsNotFound
 from device_agent.manifest import (  # noqa: F401 (re-exported: the model room's API)
+    BackboneSpec,
     backbone_info,
     check_digest,
     find_weights,
     load_manifest,
-    weight_candidates,
 )
 from device_agent.model import safetensors_io
 from device_agent.model.layers import Backbone, Block, ConvUnit, MaxPoolUnit
@@ -200,12 +200,12 @@ def _load_state(backbone: Backbone, state: Dict[str, torch.Tensor]) -> None:
     backbone.clear_folded()
 
 
-def build_backbone(name: str, weights: Optional[str] = None) -> Tuple[Backbone, dict]:
+def build_backbone(name: str, weights: Optional[str] = None) -> Tuple[Backbone, BackboneSpec]:
     """Build backbone ``name``, frozen, in eval mode.
 
     ``weights``: None looks for the manifest's file (an error if it is missing), a path
     loads that file (hash-checked), ``"random"`` keeps the random initialization.
-    Returns the backbone and its manifest entry, with ``weights_sha256`` filled in.
+    Returns the backbone and its spec (also ``backbone.spec``), with the weights' digest.
     """
     info = backbone_info(name)
     if info["builder"] not in BUILDERS:
@@ -214,15 +214,16 @@ def build_backbone(name: str, weights: Optional[str] = None) -> Tuple[Backbone, 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             backbone = BUILDERS[info["builder"]]()
-        info["weights_sha256"] = RANDOM
+        digest = RANDOM
     else:
         backbone = BUILDERS[info["builder"]]()
         path = weights or find_weights(info)
         if not os.path.isfile(path):
             raise WeightsNotFound("weights file %s does not exist" % path)
-        info["weights_sha256"] = check_digest(info, path)
+        digest = check_digest(info, path)
         _load_state(backbone, _torch_load(path))
     for param in backbone.parameters():
         param.requires_grad_(False)
-    backbone.da2_defaults = dict(info.get("da2_settings", {}))
-    return backbone.eval().fold(), info
+    backbone.spec = BackboneSpec.from_entry(info, digest)
+    backbone.da2_defaults = dict(backbone.spec.da2_settings)
+    return backbone.eval().fold(), backbone.spec

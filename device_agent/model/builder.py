@@ -11,10 +11,9 @@ def build_net(backbone: str, method: str, num_classes: int, weights: Optional[st
     """A network on backbone ``backbone`` with a fresh domain ``domain`` trained by ``method``.
 
     ``weights`` follows :func:`build_backbone`: None (the manifest's file), a path, or
-    ``"random"``. The backbone's manifest entry is kept as ``net.backbone_info``.
+    ``"random"``. The backbone carries its spec (``net.backbone_spec``).
     """
-    frozen, info = build_backbone(backbone, weights)
+    frozen, _ = build_backbone(backbone, weights)
     net = AdaptedNet(frozen, prefix_micro_batch=prefix_micro_batch)
-    net.backbone_info = info
     net.add_domain(domain, DomainModule(frozen, method, num_classes, adapter_settings, train_bn))
     return net

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from device_agent.manifest import BackboneSpec
 from device_agent.model import lean_ops
 
 ACTIVATIONS = {None: None, "relu": None, "relu6": 6.0}
@@ -271,6 +272,7 @@ class Backbone(nn.Module):
         self.feature_dim = feature_dim
         # DA2 settings this backbone's manifest entry sets apart from DA2_DEFAULTS
         self.da2_defaults: Dict[str, object] = {}
+        self.spec: Optional[BackboneSpec] = None  # set by build_backbone
         out_stride = 1
         for stage in stages:
             out_stride *= _stage_stride(stage)

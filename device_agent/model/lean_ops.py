@@ -2,7 +2,8 @@
 
 Stock autograd saves the input of every conv and batch norm even when their weights are
 frozen, a full fp32 tensor per ReLU, and the whole input of ``avg_pool2d``
-(shared/research/memory.md, section 4). These Functions save only what backward needs:
+(PyTorch's autograd notes on saved tensors:
+https://pytorch.org/docs/stable/notes/autograd.html). These Functions save only what backward needs:
 
 - frozen conv (BN folded into it by the caller): nothing but the weight;
 - ReLU / ReLU6: a bit-packed 1-bit mask, the activation applied in place;

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from device_agent.errors import InvalidInput, UnknownName
+from device_agent.manifest import BackboneSpec
 from device_agent.model import lean_ops
 from device_agent.model.adapters import ADAPTERS, da2_settings
 from device_agent.model.layers import Backbone, RunContext
@@ -22,19 +23,18 @@ class Method(NamedTuple):
     adapter: Optional[str]   # "da2" / "lite_residual" / None
     affine: str              # which BN affine parameters train: "", "beta", "gamma+beta"
     full_copy: bool          # trains every weight (no lean path: each needs its input)
-    description: str
 
 
+# How each method of the job contract is built (what each trains, in words, and its
+# default lr: device_agent.jobspec.METHODS; a test keeps the two lists equal).
 METHODS = {m.name: m for m in (
-    Method("finetune", None, "", True, "every weight and BN (train mode), on a private copy"),
-    Method("last", None, "", False, "the classifier head only"),
-    Method("bn_last", None, "gamma+beta", False, "BN scale and shift + head"),
-    Method("tinytl_bias", None, "beta", False, "biases (BN shifts) + head (TinyTL-B)"),
-    Method("tinytl_lite_residual", "lite_residual", "beta", False,
-           "TinyTL lite residual modules + biases + head (TinyTL-L+B)"),
-    Method("da2", "da2", "", False, "DA2 additive attention adapters + head"),
+    Method("finetune", None, "", True),
+    Method("last", None, "", False),
+    Method("bn_last", None, "gamma+beta", False),
+    Method("tinytl_bias", None, "beta", False),
+    Method("tinytl_lite_residual", "lite_residual", "beta", False),
+    Method("da2", "da2", "", False),
 )}
-DEFAULT_METHOD = "da2"
 
 
 def get_method(name: str) -> Method:
@@ -148,6 +148,14 @@ class AdaptedNet(nn.Module):
         self.domains = nn.ModuleDict()
         self.active = None  # type: Optional[str]
         self.prefix_micro_batch = prefix_micro_batch
+
+    @property
+    def backbone_spec(self) -> BackboneSpec:
+        """The backbone's manifest figures and weights digest (what an adapter records)."""
+        if self.backbone.spec is None:
+            raise InvalidInput("backbone %s was not built from the manifest (build_backbone)"
+                               % self.backbone.name)
+        return self.backbone.spec
 
     def add_domain(self, name: str, domain: DomainModule) -> DomainModule:
         self.domains[name] = domain

@@ -2,8 +2,10 @@
 
 Every frame header is ``{"v": PROTOCOL_VERSION, "kind": ..., "id": n, ...fields}``. The API
 sends requests; the worker answers each with a ``result`` or an ``error`` naming the request's
-id, and volunteers ``hello`` (once, first) and ``progress`` events. An unknown kind, a missing
-or mistyped field, or another protocol version is a ProtocolError, never a guess.
+id, and volunteers ``hello`` (once, first), ``job_event`` (a running job's progress) and
+``job_done`` (its end: exactly one per job the worker accepted, carrying the report). An
+unknown kind, a missing or mistyped field, or another protocol version is a ProtocolError,
+never a guess.
 """
 from typing import Dict, List
 
@@ -11,9 +13,11 @@ from device_agent.errors import AgentError
 from device_agent.protocol.framing import ProtocolError
 
 # 2: hello carries the worker's thread policy; 3: "forget" drops a deleted domain from the
-# worker's inference cache; 4: "export" writes (or serves the cached) ONNX bundle of an
-# adapter version
+# worker's inference cache; 4: "progress" becomes "job_event", and a job's end is its own
+# message, "job_done" (state, report, error), no longer a progress event; "export" writes (or
+# serves the cached) ONNX bundle of an adapter version
 PROTOCOL_VERSION = 4
+JOB_OUTCOMES = ("succeeded", "failed", "cancelled")
 
 SPECS = {
     # API -> worker
@@ -29,7 +33,8 @@ SPECS = {
     # worker -> API
     "hello": {"agent_version": str, "protocol": int, "python": str, "torch": str, "device": str,
               "threads": dict},
-    "progress": {"job_id": str, "event": dict},
+    "job_event": {"job_id": str, "event": dict},
+    "job_done": {"job_id": str, "state": str, "report": dict, "error": dict},
     "result": {"reply_to": int, "data": dict},
     "error": {"reply_to": int, "code": str, "message": str},
 }
@@ -68,6 +73,8 @@ def validate(header: Dict[str, object]) -> Dict[str, object]:
     unknown = sorted(set(header) - set(spec) - set(_ENVELOPE))
     if unknown:
         raise ProtocolError("%s message has unknown fields %s" % (kind, ", ".join(unknown)))
+    if kind == "job_done" and header["state"] not in JOB_OUTCOMES:
+        raise ProtocolError("job_done.state must be one of %s" % ", ".join(JOB_OUTCOMES))
     return header
 
 

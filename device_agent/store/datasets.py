@@ -26,10 +26,8 @@ from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from device_agent.artifacts import unsafe_character
 from device_agent.errors import InvalidInput
+from device_agent.imagefolder import SPLITS, TRAIN, check_classes, is_hidden, is_image_name
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif",
-                    ".tiff")
-SPLITS = ("train", "val")
 CHUNK = 1 << 16
 MAX_NAME_BYTES = 255            # a path component, as file systems allow
 HEADER_READ_LIMIT = 1 << 20     # the largest tar header (long name, pax) read whole
@@ -337,10 +335,10 @@ def _extract(archive, members: List[Member], staging: str, limits: Limits) -> Di
             raise InvalidInput("class name %r has a control or bidi character (%s)"
                                % (label[:40], bad))
         declared.setdefault(split, set()).add(label)
-        if label.startswith(".") or filename.startswith("."):
+        if is_hidden(label) or is_hidden(filename):
             rejected.append({"file": member.name, "reason": "hidden file"})
             continue
-        if not filename.lower().endswith(IMAGE_EXTENSIONS):
+        if not is_image_name(filename):
             rejected.append({"file": member.name, "reason": "not an image file name"})
             continue
         directory = os.path.join(staging, split, label)
@@ -358,14 +356,10 @@ def _extract(archive, members: List[Member], staging: str, limits: Limits) -> Di
 
 
 def _summary(counts, declared, rejected, split_layout: bool) -> Dict[str, object]:
-    train = counts.get("train", {})
-    empty = sorted(declared.get("train", set()) - set(train))
+    train = counts.get(TRAIN, {})
+    empty = sorted(declared.get(TRAIN, set()) - set(train))
     if empty:
         raise InvalidInput("classes without a usable image: %s" % ", ".join(empty[:10]))
-    if len(train) < 2:
-        raise InvalidInput("a dataset needs at least 2 classes with images, found %d" % len(train))
-    stray = sorted(set(counts.get("val", {})) - set(train))
-    if stray:
-        raise InvalidInput("val/ has classes missing from train/: %s" % ", ".join(stray[:10]))
-    return {"classes": sorted(train), "counts": counts, "rejected": rejected,
+    classes = check_classes(train, counts.get("val", {}))
+    return {"classes": classes, "counts": counts, "rejected": rejected,
             "layout": "train/val" if split_layout else "class folders"}

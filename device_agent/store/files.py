@@ -14,9 +14,9 @@ import zipfile
 import zlib
 from typing import BinaryIO, Callable, Dict, Sequence
 
-from device_agent import artifacts
+from device_agent import artifacts, atomic
 from device_agent.errors import InvalidInput, PayloadTooLarge
-from device_agent.store import atomic, datasets
+from device_agent.store import datasets
 from device_agent.store.database import Record
 from device_agent.store.db import Store, check_domain_name
 from device_agent.store.layout import DataPaths
@@ -75,7 +75,9 @@ class DomainFiles(object):
         files = _unpack_adapter(upload, max_bytes)
         config = artifacts.parse_config(files[artifacts.CONFIG_NAME])
         artifacts.check_weights(files[artifacts.WEIGHTS_NAME], config)
-        summary = dict(config["metrics"], method=config["method"],
+        # adapter_bytes: what a job's own summary has (older adapters' metrics lack it)
+        summary = dict(config["metrics"], adapter_bytes=config.get("weights_bytes"),
+                       method=config["method"],
                        backbone=config["backbone"]["name"], classes=config["class_names"])
         target = self.paths.adapter(domain, "import-" + uuid.uuid4().hex[:12])
         # Under the domain's lock from the first file to the record: a DELETE meanwhile

@@ -7,18 +7,13 @@ import uuid
 from typing import Dict, List, Optional
 
 from device_agent.errors import Conflict, InvalidInput, UnknownName
+from device_agent.jobspec import JOB_STATES, TERMINAL_STATES, TRANSITIONS  # written once
 from device_agent.store.database import Database, Record, as_record
 from device_agent.store.domains import find_domain
 
 # A job whose worker died this many times (an OOM kill, a segfault it causes) fails instead
 # of going back to the head of the FIFO, where it would block every job behind it forever.
 MAX_ATTEMPTS = 3
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
-TRANSITIONS = {
-    "queued": ("running", "cancelled"),
-    "running": ("succeeded", "failed", "cancelled", "interrupted"),
-    "interrupted": ("queued", "failed", "cancelled"),  # a crashed job resumes or gives up
-}
 JOB_JSON = ("params", "progress", "report", "telemetry")
 
 
@@ -34,7 +29,7 @@ def transition(db: sqlite3.Connection, job_id: str, state: str, error: Optional[
         raise UnknownName("job %r not found" % job_id)
     if state not in TRANSITIONS.get(row["state"], ()):
         raise Conflict("job %s is %s; it cannot become %s" % (job_id, row["state"], state))
-    finished = time.time() if state in ("succeeded", "failed", "cancelled") else None
+    finished = time.time() if state in TERMINAL_STATES else None
     db.execute("UPDATE jobs SET state = ?, error = ?, finished_at = ? WHERE id = ?",
                (state, error, finished, job_id))
     log_event(db, job_id, state, {"error": error} if error else {})

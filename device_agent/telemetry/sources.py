@@ -18,7 +18,6 @@ from device_agent.telemetry.sample import empty_sample, keep_temperature, total_
 
 JTOP_SOCKET = "/run/jtop.sock"
 THERM_SUFFIX = re.compile(r"[-_]therm(al)?$")  # Jetson zones: CPU-therm, GPU-therm
-SOURCES = ("auto", "jtop", "tegrastats", "linux", "replay")
 
 
 class TelemetryUnavailable(Exception):

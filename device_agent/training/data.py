@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from device_agent.errors import InvalidInput
-from device_agent.store.datasets import IMAGE_EXTENSIONS  # one list of image file types
+from device_agent.imagefolder import TRAIN, VAL, check_classes, is_hidden, is_image_name
 
 Sample = Tuple[str, int]
 
@@ -28,12 +28,11 @@ class Split(NamedTuple):
 
 def _class_dirs(root: str) -> List[str]:
     return sorted(d for d in os.listdir(root)
-                  if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
+                  if os.path.isdir(os.path.join(root, d)) and not is_hidden(d))
 
 
 def _images_of(directory: str) -> List[str]:
-    names = sorted(n for n in os.listdir(directory)
-                   if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith("."))
+    names = sorted(n for n in os.listdir(directory) if is_image_name(n))
     return [os.path.join(directory, n) for n in names]
 
 
@@ -50,20 +49,17 @@ def discover(root: str, val_fraction: float = 0.2, seed: int = 0) -> Split:
     """Find classes and images under ``root``; the class list is train's, sorted."""
     if not os.path.isdir(root):
         raise InvalidInput("dataset directory %s does not exist" % root)
-    train_root = os.path.join(root, "train")
+    train_root = os.path.join(root, TRAIN)
     has_split = os.path.isdir(train_root)
     if not has_split:
         train_root = root
-    classes = [c for c in _class_dirs(train_root) if _images_of(os.path.join(train_root, c))]
-    if len(classes) < 2:
-        raise InvalidInput("need at least 2 classes with images under %s, found %d"
-                           % (train_root, len(classes)))
+    val_root = os.path.join(root, VAL)
+    has_val = has_split and os.path.isdir(val_root)
+    classes = check_classes(
+        [c for c in _class_dirs(train_root) if _images_of(os.path.join(train_root, c))],
+        _class_dirs(val_root) if has_val else [], train_root)
     train = _samples(train_root, classes)
-    val_root = os.path.join(root, "val")
-    if has_split and os.path.isdir(val_root):
-        extra = sorted(set(_class_dirs(val_root)) - set(classes))
-        if extra:
-            raise InvalidInput("val/ has classes missing from train/: %s" % ", ".join(extra[:5]))
+    if has_val:
         return Split(classes, train, _samples(val_root, classes))
     train, val = stratified_split(train, val_fraction, seed)
     return Split(classes, train, val)

@@ -2,56 +2,64 @@
 
 Adam with a cosine schedule computed from the global step (so resuming needs no scheduler
 state), label smoothing, early stopping on validation top-1 (the best epoch's weights are
-kept), and after every epoch an adapter-only checkpoint -- the domain's tensors, Adam's
-moments and the RNG state in safetensors plus a JSON file -- that a killed run resumes
-from, reproducing the uninterrupted run exactly on CPU. Memory: the batch is planned and
-every step watched by ``memory_guard`` (micro-batches halve under pressure or on OOM).
+kept), and after every epoch an adapter-only checkpoint (:mod:`.checkpoint`) that a
+killed run resumes from, reproducing the uninterrupted run exactly on CPU. Memory: the
+batch is planned and every step watched by ``memory_guard`` (micro-batches halve under
+pressure or on OOM).
 """
-import hashlib
-import json
 import math
-import os
 import resource
-import shutil
 import time
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
+from device_agent import jobspec
 from device_agent.errors import InvalidInput
-from device_agent.faults import failpoint
-from device_agent.model import safetensors_io
 from device_agent.model.memory import evaluation_batch, measure_saved_bytes, trainable_parameters
 from device_agent.model.network import AdaptedNet
-from device_agent.store import atomic
-from device_agent.training import data
+from device_agent.training import checkpoint, data
 from device_agent.training.memory_guard import MemoryWatch, is_out_of_memory, plan_batch
 from device_agent.training.step import make_optimizer, train_step
 from device_agent.training.threads import ThreadTuner, set_threads
 
-DEFAULT_LR = {"finetune": 1e-4, "last": 3e-3, "bn_last": 1e-3, "tinytl_bias": 1e-3,
-              "tinytl_lite_residual": 1e-3, "da2": 1e-3}
-CHECKPOINT_DIR = "checkpoint"
+DEFAULT_LR = {name: method.default_lr for name, method in jobspec.METHODS.items()}
 LATENCY_WINDOW = 100  # steps behind the live p50/p95
+MB = 1000000  # the trainer's measurements (memory_guard, model.memory) count 10^6 bytes
 Progress = Callable[[Dict[str, object]], None]
+StopCheck = Callable[[], bool]
+_DEFAULT = {p.name: p.default for p in jobspec.PARAMS}
 
 
 class TrainConfig(NamedTuple):
-    epochs: int = 5
-    batch_size: int = 8         # 0: "auto", the largest that fits the memory limit
+    """The trainer's settings: a job's :class:`~device_agent.jobspec.TrainParams` (defaults
+    from there) plus what only a local run sets (device, lean, weight decay, crop scale)."""
+    epochs: int = _DEFAULT["epochs"]
+    batch_size: int = _DEFAULT["batch_size"]  # 0: "auto", the largest that fits the limit
     lr: float = 0.0             # 0: the method's default (DEFAULT_LR)
     weight_decay: float = 0.0
-    label_smoothing: float = 0.1
+    label_smoothing: float = _DEFAULT["label_smoothing"]
     resolution: int = 0         # 0: the backbone's input size
-    seed: int = 0
+    seed: int = _DEFAULT["seed"]
     lean: bool = True
-    micro_batch: int = 0        # > 0: accumulate gradients over chunks of this size
-    patience: int = 0           # early stopping after this many epochs without gain; 0: off
+    micro_batch: int = _DEFAULT["micro_batch"]  # > 0: accumulate gradients over chunks
+    patience: int = _DEFAULT["patience"]  # early stopping after this many flat epochs; 0: off
     crop_scale: Tuple[float, float] = (0.35, 1.0)
-    hflip: bool = True
-    val_fraction: float = 0.2
+    hflip: bool = _DEFAULT["hflip"]
+    val_fraction: float = _DEFAULT["val_fraction"]
     device: str = "cpu"         # "cpu", "cuda", "cuda:N"
     memory_limit_mb: float = 0  # 0: MemAvailable less a reserve is the limit
+
+    @classmethod
+    def from_params(cls, params: jobspec.TrainParams, device: str,
+                    lean: bool = True) -> "TrainConfig":
+        """A job's parameters, their "the default" (None, "auto") as the trainer's zeros."""
+        return cls(epochs=params.epochs, lr=params.lr or 0.0, seed=params.seed, lean=lean,
+                   batch_size=0 if params.batch_size == "auto" else params.batch_size,
+                   label_smoothing=params.label_smoothing, resolution=params.resolution or 0,
+                   micro_batch=params.micro_batch, patience=params.patience,
+                   hflip=params.hflip, val_fraction=params.val_fraction, device=device,
+                   memory_limit_mb=params.memory_limit_mb or 0)
 
     def validate(self) -> "TrainConfig":
         checks = [(self.epochs >= 1, "epochs must be >= 1"),
@@ -101,9 +109,22 @@ def accuracy(net: AdaptedNet, batches, lean: bool = True,
     return {"top1": hits1 / max(total, 1), "top5": hits5 / max(total, 1)}
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux counts ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def peak_rss_mb() -> float:
-    """This process's peak resident memory so far."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # Linux: KiB
+    return peak_rss_bytes() / MB
+
+
+def _bytes(mb: Optional[float]) -> Optional[int]:
+    return None if mb is None else int(round(mb * MB))
+
+
+class Stopped(Exception):
+    """``should_stop`` said so: the run ends before its last epoch (a cancelled job). The
+    checkpoint of the last finished epoch stays where it was."""
 
 
 def _cosine_lr(base: float, step: int, total: int) -> float:
@@ -115,19 +136,22 @@ class Trainer(object):
 
     def __init__(self, net: AdaptedNet, split: data.Split, config: TrainConfig, out_dir: str,
                  on_progress: Optional[Progress] = None,
-                 tuner: Optional[ThreadTuner] = None) -> None:
+                 tuner: Optional[ThreadTuner] = None,
+                 should_stop: Optional[StopCheck] = None) -> None:
         """``tuner``: picks this thread's intra-op count step by step (a shared CPU); None
-        keeps the count in force (bit-reproducible)."""
+        keeps the count in force (bit-reproducible). ``should_stop``: asked before every
+        step; True ends the run with :class:`Stopped`."""
         self.net = net
         self.split = split
         self.config = config.validate()
         self.out_dir = out_dir
         self.on_progress = on_progress or (lambda event: None)
+        self.should_stop = should_stop or (lambda: False)
         self.device = resolve_device(config.device)
         net.to(self.device)
-        info = net.backbone_info
-        self.resolution = config.resolution or int(info["input_size"])
-        self.transforms = data.TransformSettings(self.resolution, info["mean"], info["std"],
+        spec = net.backbone_spec
+        self.resolution = config.resolution or spec.input_size
+        self.transforms = data.TransformSettings(self.resolution, spec.mean, spec.std,
                                                  tuple(config.crop_scale), config.hflip)
         self.lr = config.lr or DEFAULT_LR[net.domain.method.name]
         self.optimizer = make_optimizer(net, self.lr, config.weight_decay)
@@ -138,90 +162,45 @@ class Trainer(object):
         self.batch_size = config.batch_size  # 0 until planned
         self.watch = None  # type: Optional[MemoryWatch]
         self.tuner = tuner
+        self.checkpoint = checkpoint.Checkpoint(out_dir, self.fingerprint())
 
     # --- checkpoints -------------------------------------------------------------------
 
     @property
     def checkpoint_dir(self) -> str:
-        return os.path.join(self.out_dir, CHECKPOINT_DIR)
+        return self.checkpoint.directory
 
     def fingerprint(self) -> str:
-        parts = {"config": self.config._asdict(), "classes": self.split.classes,
-                 "train": [p for p, _ in self.split.train], "val": [p for p, _ in self.split.val],
-                 "method": self.net.domain.method.name,
-                 "backbone": self.net.backbone_info["weights_sha256"]}
-        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()
+        return checkpoint.fingerprint({
+            "config": self.config._asdict(), "classes": self.split.classes,
+            "train": [p for p, _ in self.split.train], "val": [p for p, _ in self.split.val],
+            "method": self.net.domain.method.name,
+            "backbone": self.net.backbone_spec.weights_sha256})
 
     def save_checkpoint(self, epoch: int) -> None:
-        tensors = {"domain." + k: v for k, v in self.net.domain.state_dict().items()}
-        if self.best[1] is not None:
-            tensors.update({"best." + k: v for k, v in self.best[1].items()})
-        scalars = {}
-        for index, state in self.optimizer.state_dict()["state"].items():
-            for key, value in state.items():
-                if torch.is_tensor(value):
-                    tensors["optimizer.%s.%s" % (index, key)] = value
-                else:
-                    scalars["%s.%s" % (index, key)] = value
-        tensors["rng"] = torch.get_rng_state()
-        if self.device.type == "cuda":  # dropout masks on the GPU draw from CUDA's generator
-            tensors["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        blob = safetensors_io.dumps(tensors)
-        digest = hashlib.sha256(blob).hexdigest()
-        # Tensors go to a new file named by their hash, and state.json -- written last,
-        # atomically -- names it: a kill between the two leaves the previous checkpoint whole.
-        tensors_file = "state-%s.safetensors" % digest[:16]
-        atomic.write_bytes(os.path.join(self.checkpoint_dir, tensors_file), blob)
-        failpoint("checkpoint.between_files")
-        atomic.write_json(os.path.join(self.checkpoint_dir, "state.json"), {
-            "fingerprint": self.fingerprint(), "epoch": epoch, "history": self.history,
-            "best_top1": self.best[0], "optimizer_scalars": scalars,
-            "batch_size": self.batch_size, "tensors_file": tensors_file,
-            "tensors_sha256": digest})
-        for name in os.listdir(self.checkpoint_dir):  # earlier epochs' tensors, now unnamed
-            if name.startswith("state-") and name != tensors_file:
-                os.unlink(os.path.join(self.checkpoint_dir, name))
+        cuda = self.device.type == "cuda"
+        self.checkpoint.save(checkpoint.Saved(
+            epoch, self.history, self.best, self.net.domain.state_dict(),
+            self.optimizer.state_dict()["state"], torch.get_rng_state(),
+            torch.cuda.get_rng_state(self.device) if cuda else None, self.batch_size))
 
     def try_resume(self) -> bool:
         """Continue from the checkpoint in ``out_dir`` if it belongs to this very run."""
-        meta_path = os.path.join(self.checkpoint_dir, "state.json")
-        if not os.path.isfile(meta_path):
+        saved = self.checkpoint.load()
+        if saved is None:
             return False
-        with open(meta_path, encoding="utf-8") as handle:
-            meta = json.load(handle)
-        if meta.get("fingerprint") != self.fingerprint():
-            raise InvalidInput("%s holds a checkpoint of a different run; use another --out "
-                               "or delete it" % self.checkpoint_dir)
-        tensors_file = os.path.basename(str(meta.get("tensors_file", "")))
-        if not tensors_file.startswith("state-"):
-            raise InvalidInput("%s names no tensors file; delete %s" % (meta_path,
-                                                                         self.checkpoint_dir))
-        with open(os.path.join(self.checkpoint_dir, tensors_file), "rb") as handle:
-            blob = handle.read()
-        if hashlib.sha256(blob).hexdigest() != meta["tensors_sha256"]:
-            raise InvalidInput("checkpoint tensors do not match state.json; delete %s"
-                               % self.checkpoint_dir)
-        tensors, _ = safetensors_io.loads(blob)
-        self.net.domain.load_state_dict(_strip(tensors, "domain."))
-        best = _strip(tensors, "best.")
-        self.best = (float(meta["best_top1"]), best or None)
-        self._load_optimizer(tensors, meta["optimizer_scalars"])
-        torch.set_rng_state(tensors["rng"])
-        if "rng_cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng_cuda"], self.device)
-        self.history = list(meta["history"])
-        self.start_epoch = int(meta["epoch"]) + 1
-        self.batch_size = int(meta.get("batch_size") or self.batch_size)  # "auto" stays put
-        return True
-
-    def _load_optimizer(self, tensors: Dict[str, torch.Tensor], scalars: Dict[str, object]) -> None:
-        state = {}  # type: Dict[int, Dict[str, object]]
-        for key, value in list(_strip(tensors, "optimizer.").items()) + list(scalars.items()):
-            index, field = key.split(".", 1)
-            state.setdefault(int(index), {})[field] = value
+        self.net.domain.load_state_dict(saved.domain_state)
+        self.best = saved.best
         current = self.optimizer.state_dict()
-        current["state"] = state
+        current["state"] = saved.optimizer_state
         self.optimizer.load_state_dict(current)
+        torch.set_rng_state(saved.rng)
+        if saved.rng_cuda is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(saved.rng_cuda, self.device)
+        self.history = saved.history
+        self.start_epoch = saved.epoch + 1
+        self.batch_size = int(saved.batch_size or self.batch_size)  # "auto" stays put
+        return True
 
     # --- training ----------------------------------------------------------------------
 
@@ -234,7 +213,7 @@ class Trainer(object):
         self.watch = MemoryWatch(plan, self.device, can_split=self.net.domain.backbone is None)
         return plan.as_dict()
 
-    def run(self) -> Dict[str, object]:
+    def run(self) -> jobspec.JobReport:
         config = self.config
         resumed = self.try_resume()
         memory = self.plan_memory()
@@ -256,12 +235,12 @@ class Trainer(object):
             self.on_progress(dict(metrics, event="epoch", epochs=config.epochs))
             epochs_done = epoch + 1
             self.save_checkpoint(epoch)
-            if self._should_stop():
+            if self._patience_ran_out():
                 break
         if self.best[1] is not None:
             self.net.domain.load_state_dict(self.best[1])
-        return self._result(epochs_done, saved_mb, trained_images / max(train_seconds, 1e-9),
-                            resumed)
+        return self._report(epochs_done, saved_mb, memory,
+                            trained_images / max(train_seconds, 1e-9), resumed)
 
     def _train_epoch(self, epoch: int, batches: int, total_steps: int) -> int:
         config = self.config
@@ -271,6 +250,8 @@ class Trainer(object):
         self.net.train()
         seen = 0
         for step, (images, labels) in enumerate(loader):
+            if self.should_stop():
+                raise Stopped()
             global_step = epoch * batches + step
             for group in self.optimizer.param_groups:
                 group["lr"] = _cosine_lr(self.lr, global_step, total_steps)
@@ -338,7 +319,7 @@ class Trainer(object):
                 self.best = (scores["top1"], {k: v.detach().clone() for k, v in state.items()})
         return metrics
 
-    def _should_stop(self) -> bool:
+    def _patience_ran_out(self) -> bool:
         patience = self.config.patience
         if not patience or not self.split.val or len(self.history) <= patience:
             return False
@@ -366,29 +347,30 @@ class Trainer(object):
             if rng_cuda is not None:
                 torch.cuda.set_rng_state(rng_cuda, self.device)
 
-    def _result(self, epochs: int, saved_mb: float, images_per_sec: float,
-                resumed: bool) -> Dict[str, object]:
+    def _report(self, epochs: int, saved_mb: float, plan: Dict[str, object],
+                images_per_sec: float, resumed: bool) -> jobspec.JobReport:
         last = self.history[-1] if self.history else {}
         times = sorted(self.step_times)
-        return {
-            "method": self.net.domain.method.name,
-            "backbone": self.net.backbone_info["name"],
-            "epochs": epochs, "resumed": resumed,
-            "train_images": len(self.split.train), "val_images": len(self.split.val),
-            "val_top1": self.best[0] if self.best[1] is not None else last.get("val_top1"),
-            "trainable_params": trainable_parameters(self.net),
-            "saved_activation_mb": saved_mb, "peak_rss_mb": self.watch.observe(),
-            "images_per_sec": images_per_sec,
-            "step_ms_p50": 1000 * _quantile(times, 0.5),
-            "step_ms_p95": 1000 * _quantile(times, 0.95),
-            "resolution": self.resolution, "batch_size": self.batch_size,
-            "micro_batch": self.watch.micro_batch, "memory_limit_mb": self.watch.plan.limit_or_none,
-            "step_peak_rss_mb": self.watch.peak_rss_mb, "cuda_peak_mb": self.watch.cuda_peak_mb(),
-            "memory_adjustments": self.watch.adjustments, "history": self.history,
-        }
+        return jobspec.JobReport(
+            method=self.net.domain.method.name, backbone=self.net.backbone_spec.name,
+            classes=self.split.classes, epochs=epochs, resumed=resumed,
+            train_images=len(self.split.train), val_images=len(self.split.val),
+            val_top1=self.best[0] if self.best[1] is not None else last.get("val_top1"),
+            trainable_params=trainable_parameters(self.net),
+            resolution=self.resolution, batch_size=self.batch_size,
+            micro_batch=self.watch.micro_batch,
+            memory_limit_bytes=_bytes(self.watch.plan.limit_or_none),
+            saved_activation_bytes=_bytes(saved_mb),
+            estimated_peak_bytes=_bytes(plan.get("estimated_peak_mb")),
+            step_peak_rss_bytes=_bytes(self.watch.peak_rss_mb),
+            peak_rss_bytes=_bytes(self.watch.observe()),
+            cuda_peak_bytes=_bytes(self.watch.cuda_peak_mb()),
+            memory_adjustments=self.watch.adjustments,
+            step_ms_p50=1000 * _quantile(times, 0.5), step_ms_p95=1000 * _quantile(times, 0.95),
+            images_per_sec=images_per_sec, history=self.history)
 
     def clear_checkpoint(self) -> None:
-        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+        self.checkpoint.clear()
 
 
 def _quantile(ordered: List[float], q: float) -> float:
@@ -418,7 +400,3 @@ class _Clock(object):
     def eta_s(self) -> float:
         per_step = (time.time() - self.started) / max(self.done, 1)
         return max(self.left, 0) * per_step + self.evaluation_s
-
-
-def _strip(tensors: Dict[str, torch.Tensor], prefix: str) -> Dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}

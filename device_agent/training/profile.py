@@ -2,7 +2,7 @@
 
 :func:`measure_peak_step` runs training steps in a fresh child process and reports the RSS
 high-water mark of one step above the steady state (model, gradients and optimizer state
-resident: shared/research/memory.md's definition) and above the freshly loaded model (so
+resident) and above the freshly loaded model (so
 gradients and optimizer state count too), plus CUDA's peak when present.
 """
 import json

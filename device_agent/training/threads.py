@@ -60,10 +60,12 @@ class ThreadTuner(object):
         self.period_s, self.first_period_s, self.max_period_s = period_s, period_s, max_period_s
         self.clock = clock
         self.current = self.counts[0]
-        self.rates = {}  # type: Dict[int, float]  the last median rate of each count
-        self.reference = None  # type: Optional[float]  the current count's rate when chosen
+        # the last median rate of each count; the current count's rate when it was chosen
+        self.rates = {}  # type: Dict[int, float]
+        self.reference = None  # type: Optional[float]
         self.switches = 0
-        self._queue = []  # type: List[int]  counts still to probe, the one running first
+        # counts still to probe, the one running first
+        self._queue = []  # type: List[int]
         self._samples = []  # type: List[float]
         self._skip = True  # the first unit after a switch
         self._next_probe = clock()  # explore once the first window is measured

@@ -2,9 +2,11 @@
 
 It owns one frozen backbone per (name, weights), shared by a training net and an inference
 net -- two AdaptedNets around the same Backbone, so a prediction never switches the domain
-being trained. One training job runs at a time, in a thread, sending progress events; the
-main loop keeps answering status, predict and cancel meanwhile. Every exception becomes an
-``error`` reply (one boundary); a broken stream ends the process, and the API restarts it.
+being trained. One training job runs at a time, in a thread, sending ``job_event``s and at
+its end one ``job_done`` with the report; the main loop keeps answering status, predict and
+cancel meanwhile (a cancel sets the flag the trainer's ``should_stop`` reads). Every
+exception becomes an ``error`` reply (one boundary); a broken stream ends the process, and
+the API restarts it.
 
     python -m device_agent.worker [--device auto] [--weights random]
 """
@@ -25,21 +27,20 @@ from PIL import Image
 from device_agent import __version__, bounds
 from device_agent.cpu_budget import ThreadPolicy, plan_threads, read_budget
 from device_agent.errors import Conflict, InvalidInput
+from device_agent.jobspec import JobReport, TrainParams
 from device_agent.model import adapter_io
 from device_agent.model.backbones import build_backbone
 from device_agent.model.layers import Backbone
-from device_agent.model.network import AdaptedNet, DomainModule
+from device_agent.model.network import AdaptedNet
 from device_agent.protocol import messages
 from device_agent.protocol.framing import ProtocolError
 from device_agent.protocol.peer import Peer
 from device_agent.training import data
-from device_agent.training.loop import TrainConfig, Trainer, peak_rss_mb, resolve_device
+from device_agent.training.job import add_job_domain, train_domain
+from device_agent.training.loop import Stopped, TrainConfig, peak_rss_mb, resolve_device
 from device_agent.training.threads import CpuMeter, ThreadTuner, apply_policy, set_threads
 from device_agent.worker.backends import PredictBackends
 
-TRAIN_FIELDS = ("epochs", "batch_size", "lr", "label_smoothing", "resolution", "seed",
-                "micro_batch", "patience", "val_fraction", "hflip", "memory_limit_mb")
-JOB_FIELDS = ("method", "backbone", "adapter_settings", "train_bn") + TRAIN_FIELDS
 STEP_EVENT_INTERVAL_S = 0.5
 # The inference cache's bounds (adapters kept loaded for predictions) and the decode limit;
 # the API's environment reaches the worker, so DEVICE_AGENT_MAX_PIXELS applies to both.
@@ -56,10 +57,6 @@ def _env_int(name: str, default: int) -> int:
     return value if value > 0 else default
 
 
-class Cancelled(Exception):
-    pass
-
-
 def _error(exc: BaseException) -> Dict[str, str]:
     reply = messages.error_reply(0, exc)
     return {"code": reply["code"], "message": reply["message"]}
@@ -72,7 +69,7 @@ class Worker(object):
         self.threads = threads
         self.device = resolve_device(device)
         self.weights = weights  # None: the manifest's files; "random": tests only
-        self.backbones = {}  # type: Dict[str, Tuple[Backbone, dict]]
+        self.backbones = {}  # type: Dict[str, Backbone]
         self.inference = {}  # type: Dict[str, AdaptedNet]
         # domain -> (adapter dir, config), least recently used first (an LRU, bounded below)
         self.loaded = OrderedDict()  # type: OrderedDict
@@ -137,14 +134,8 @@ class Worker(object):
     def train(self, header: dict, payload: bytes) -> Dict[str, object]:
         if self.job is not None:
             raise Conflict("the worker is training job %s; one job runs at a time" % self.job[0])
-        params = header["params"]
-        unknown = sorted(set(params) - set(JOB_FIELDS))
-        if unknown:
-            raise InvalidInput("unknown training parameters: %s" % ", ".join(unknown))
-        fields = {k: params[k] for k in TRAIN_FIELDS if k in params}
-        if fields.get("batch_size") == "auto":
-            fields["batch_size"] = 0  # the trainer plans it for the memory limit
-        config = TrainConfig(device=str(self.device), **fields).validate()
+        params = TrainParams.from_mapping(header["params"])
+        config = TrainConfig.from_params(params, str(self.device)).validate()
         split = data.discover(header["dataset_dir"], config.val_fraction, config.seed)
         cancel = threading.Event()
         thread = threading.Thread(target=self._run_job, name="train-" + header["job_id"],
@@ -219,10 +210,10 @@ class Worker(object):
 
     # --- models -------------------------------------------------------------------------
 
-    def _backbone(self, name: str) -> Tuple[Backbone, dict]:
+    def _backbone(self, name: str) -> Backbone:
         if name not in self.backbones:
-            backbone, info = build_backbone(name, self.weights)
-            self.backbones[name] = (backbone.to(self.device), info)
+            backbone, _ = build_backbone(name, self.weights)
+            self.backbones[name] = backbone.to(self.device)
         return self.backbones[name]
 
     def _domain_net(self, domain: str, adapter_dir: str) -> Tuple[AdaptedNet, dict]:
@@ -231,10 +222,7 @@ class Worker(object):
         config = adapter_io.read_config(adapter_dir)
         name = str(config["backbone"]["name"])
         if name not in self.inference:
-            backbone, info = self._backbone(name)
-            net = AdaptedNet(backbone)
-            net.backbone_info = info
-            self.inference[name] = net
+            self.inference[name] = AdaptedNet(self._backbone(name))
         net = self.inference[name]
         if self.loaded.get(domain, ("", None))[0] != adapter_dir or domain not in net.domains:
             self._evict(domain)
@@ -273,44 +261,35 @@ class Worker(object):
 
     # --- the training thread --------------------------------------------------------------
 
-    def _run_job(self, header: dict, params: dict, config: TrainConfig, split: data.Split,
-                 cancel: threading.Event) -> None:
+    def _run_job(self, header: dict, params: TrainParams, config: TrainConfig,
+                 split: data.Split, cancel: threading.Event) -> None:
         job_id = header["job_id"]
         apply_policy(self.threads)  # a new thread: its OpenMP settings start from defaults
+        report, error = {}, {}  # type: Tuple[Dict[str, object], Dict[str, str]]
         try:
-            event = {"event": "finished",
-                     "result": self._train(header, params, config, split, cancel)}
-        except Cancelled:
-            event = {"event": "cancelled"}
+            report = self._train(header, params, config, split, cancel).to_dict()
+            state = "succeeded"
+        except Stopped:
+            state = "cancelled"
         except Exception as exc:
-            event = {"event": "failed", "error": _error(exc)}
+            state, error = "failed", _error(exc)
         # Free the worker before announcing the end: whoever hears it may send the next job.
         self.job = None
-        self._event(job_id, event)
+        self.peer.send("job_done", job_id=job_id, state=state, report=report, error=error)
 
-    def _train(self, header: dict, params: dict, config: TrainConfig, split: data.Split,
-               cancel: threading.Event) -> Dict[str, object]:
+    def _train(self, header: dict, params: TrainParams, config: TrainConfig, split: data.Split,
+               cancel: threading.Event) -> JobReport:
         job_id = header["job_id"]
-        backbone, info = self._backbone(str(params.get("backbone", "efficientnet_lite0")))
-        # The job's seed draws the adapter's init and the augmentations: equal jobs, equal
-        # results (a resumed job restores the generator from its checkpoint instead).
-        torch.manual_seed(config.seed)
-        net = AdaptedNet(backbone)
-        net.backbone_info = info
-        net.add_domain(job_id, DomainModule(
-            backbone, str(params.get("method", "da2")), len(split.classes),
-            params.get("adapter_settings"), bool(params.get("train_bn", False))))
+        net = AdaptedNet(self._backbone(params.backbone))
+        add_job_domain(net, job_id, params, len(split.classes))
         meter, tuner = CpuMeter(self.threads.intra_op), self._tuner()
-        trainer = Trainer(net, split, config, header["out_dir"],
-                          self._progress_sender(job_id, cancel, meter, tuner), tuner)
-        result = trainer.run()
-        metrics = {k: v for k, v in result.items() if k != "history"}
-        metrics["cpu"] = dict(self._cpu_figures(tuner), **meter.overall())
-        saved = adapter_io.save_domain(net, job_id, header["out_dir"], split.classes,
-                                       trainer.resolution, metrics)
-        trainer.clear_checkpoint()
-        metrics.update(adapter_bytes=saved["weights_bytes"], classes=split.classes)
-        return metrics
+
+        def add_cpu(report: JobReport) -> None:
+            report.cpu = dict(self._cpu_figures(tuner), **meter.overall())
+
+        return train_domain(net, split, config, header["out_dir"],
+                            self._progress_sender(job_id, meter, tuner), tuner, cancel.is_set,
+                            add_cpu)
 
     def _cpu_figures(self, tuner: Optional[ThreadTuner]) -> Dict[str, object]:
         figures = self.threads.as_dict()
@@ -318,8 +297,7 @@ class Worker(object):
                        else {"threads_in_use": torch.get_num_threads()})
         return figures
 
-    def _progress_sender(self, job_id: str, cancel: threading.Event, meter: CpuMeter,
-                         tuner: Optional[ThreadTuner]):
+    def _progress_sender(self, job_id: str, meter: CpuMeter, tuner: Optional[ThreadTuner]):
         """Step events are sent at most every STEP_EVENT_INTERVAL_S; each event carries the
         times of the steps not reported yet (``step_ms_recent``), so no latency is lost, and
         the CPU share the job got since the previous one (``cpu``)."""
@@ -327,8 +305,6 @@ class Worker(object):
         recent: List[float] = []
 
         def send(event: Dict[str, object]) -> None:
-            if cancel.is_set():
-                raise Cancelled()
             now = time.time()
             if event["event"] == "step":
                 recent.append(float(event.pop("step_ms")))
@@ -347,7 +323,7 @@ class Worker(object):
         return send
 
     def _event(self, job_id: str, event: Dict[str, object]) -> None:
-        self.peer.send("progress", job_id=job_id, event=event)
+        self.peer.send("job_event", job_id=job_id, event=event)
 
 
 def main(argv=None, thread_policy: Optional[ThreadPolicy] = None) -> int:

@@ -1,4 +1,4 @@
-"""Atomic file writes (stdlib only; both interpreters use it).
+"""Atomic file writes (stdlib only, Python 3.6 syntax; a ground-floor module both columns use).
 
 A reader sees either the old file or the new one, never a torn write: the bytes go to a
 temporary file in the same directory, are fsynced, renamed over the target, and the

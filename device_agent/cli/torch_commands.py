@@ -1,18 +1,21 @@
-"""Handlers of the torch-side commands: memory, train, predict."""
+"""Handlers of the commands that run torch here: memory, train, predict (the `models`
+command, in models_command.py, only manages the weights files and never imports torch)."""
 import json
 import os
 from typing import Dict, List, Tuple
 
 import torch
 
+from device_agent.cli.job_flags import params_from_args
 from device_agent.cli.progress import TrainingProgress
 from device_agent.errors import InvalidInput
+from device_agent.jobspec import JobReport, TrainParams
 from device_agent.model import adapter_io, backbones
-from device_agent.model.builder import build_net
 from device_agent.model.network import AdaptedNet
-from device_agent.training import data
+from device_agent.training import data, job
 from device_agent.training.inference import classify
-from device_agent.training.loop import TrainConfig, Trainer, resolve_device
+from device_agent.training.job import add_job_domain
+from device_agent.training.loop import MB, TrainConfig, resolve_device
 
 
 def _fmt(value, spec: str) -> str:
@@ -50,49 +53,38 @@ def run_memory(args) -> int:
     return 0
 
 
-def train_domain(data_dir: str, args, backbone: str, method: str) -> Dict[str, object]:
-    """Train and save one domain; returns the result with the adapter's size."""
-    config = TrainConfig(epochs=args.epochs, lr=args.lr,
-                         batch_size=0 if args.batch_size == "auto" else args.batch_size,
-                         memory_limit_mb=args.memory_limit_mb,
-                         label_smoothing=args.label_smoothing, resolution=args.resolution,
-                         seed=args.seed, lean=not args.plain, micro_batch=args.micro_batch,
-                         patience=args.patience, hflip=not args.no_hflip,
-                         val_fraction=args.val_fraction, device=args.device).validate()
-    torch.manual_seed(config.seed)
+def train_domain(data_dir: str, args) -> JobReport:
+    """Train and save one domain as the flags say; returns the job's report."""
+    params = TrainParams.from_mapping(params_from_args(args))
+    config = TrainConfig.from_params(params, args.device, lean=not args.plain).validate()
     split = data.discover(data_dir, config.val_fraction, config.seed)
-    net = build_net(backbone, method, len(split.classes), weights=args.weights,
-                    adapter_settings=dict(args.adapter_setting), train_bn=args.train_bn)
-    trainer = Trainer(net, split, config, args.out, TrainingProgress())
-    result = trainer.run()
-    saved = adapter_io.save_domain(net, net.active, args.out, split.classes, trainer.resolution,
-                                   metrics={k: v for k, v in result.items() if k != "history"})
-    trainer.clear_checkpoint()
-    result["adapter_bytes"] = saved["weights_bytes"]
-    result["adapter_dir"] = os.path.abspath(args.out)
-    return result
+    net = AdaptedNet(backbones.build_backbone(params.backbone, args.weights)[0])
+    add_job_domain(net, "domain", params, len(split.classes))
+    return job.train_domain(net, split, config, args.out, TrainingProgress())
+
+
+# The summary ``train`` prints; memory in 10^6-byte MB like the ``memory`` command's.
+SUMMARY = ("method", "backbone", "epochs", "train_images", "val_images", "val_top1",
+           "trainable_params", "adapter_bytes", "images_per_sec")
 
 
 def run_train(args) -> int:
-    result = train_domain(args.data_dir, args, args.backbone, args.method)
-    summary = {k: result[k] for k in (
-        "method", "backbone", "epochs", "train_images", "val_images", "val_top1",
-        "trainable_params", "adapter_bytes", "saved_activation_mb", "peak_rss_mb",
-        "images_per_sec")}
+    report = train_domain(args.data_dir, args)
+    summary = {k: getattr(report, k) for k in SUMMARY}
+    summary.update(saved_activation_mb=report.saved_activation_bytes / MB,
+                   peak_rss_mb=report.peak_rss_bytes / MB)
     if args.json:
         print(json.dumps(summary))
     else:
         for key, value in summary.items():
             print("%-20s %s" % (key, value))
-        print("adapter saved to %s" % result["adapter_dir"])
+        print("adapter saved to %s" % os.path.abspath(args.out))
     return 0
 
 
 def load_for_predict(adapter_dir: str, weights=None) -> Tuple[AdaptedNet, Dict[str, object]]:
     config = adapter_io.read_config(adapter_dir)
-    backbone, info = backbones.build_backbone(config["backbone"]["name"], weights)
-    net = AdaptedNet(backbone)
-    net.backbone_info = info
+    net = AdaptedNet(backbones.build_backbone(config["backbone"]["name"], weights)[0])
     return net, adapter_io.load_domain(net, adapter_dir, "domain")
 
 
