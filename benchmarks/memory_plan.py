@@ -45,27 +45,26 @@ def run_job(dataset: str, out_dir: str, backbone: str, method: str, resolution: 
                   "batch_size": batch, "resolution": resolution, "hflip": False, "seed": 0}
         peer.send("train", job_id="plan", domain="digits", dataset_dir=dataset,
                   out_dir=out_dir, params=params)
-        plan, result = {}, None
-        while result is None:
+        plan, done = {}, None
+        while done is None:
             header, _ = peer.receive()
-            event = header.get("event") or {}
-            if event.get("event") == "start":
-                plan = event
-            elif event.get("event") in ("finished", "failed", "cancelled"):
-                result = event
+            if header["kind"] == "job_event" and header["event"].get("event") == "start":
+                plan = header["event"]
+            elif header["kind"] == "job_done":
+                done = header
             elif header["kind"] == "error":
                 raise RuntimeError(header)
-        if result["event"] != "finished":
-            raise RuntimeError("the job did not finish: %s" % result)
-        return {"plan": plan, "result": result["result"]}
+        if done["state"] != "succeeded":
+            raise RuntimeError("the job did not succeed: %s" % done["error"])
+        return {"plan": plan, "report": done["report"]}
     finally:
         proc.kill()
         proc.wait()
 
 
 def row(config, job: Dict[str, object]) -> List[str]:
-    plan, result = job["plan"], job["result"]
-    measured = float(result["peak_rss_mb"])
+    plan = job["plan"]  # the planner counts 10^6 bytes; the report, bytes
+    measured = job["report"]["peak_rss_bytes"] / 1e6
     planned = float(plan["estimated_peak_mb"])
     resident = float(plan["resident_mb"])
     growth = measured - resident

@@ -274,9 +274,9 @@ def test_the_memory_plan_bounds_the_workers_peak(worker, tmp_path, backbone, met
     _reply(peer, peer.send("train", job_id="plan", domain="digits", dataset_dir=dataset,
                            out_dir=str(tmp_path / "out"), params=params), events)
     done = _until_done(peer, events)
-    assert done["event"] == "finished", done
-    plan = next(e for e in events if e["event"] == "start")
-    measured = done["result"]["peak_rss_mb"]
+    assert done["state"] == "succeeded", done
+    plan = next(e for e in events if e["event"] == "start")  # the planner's figures: 10^6 B
+    measured = done["report"]["peak_rss_bytes"] / 1e6
     assert measured <= plan["estimated_peak_mb"], (plan, measured)
     growth = measured - plan["resident_mb"]
-    assert growth <= plan["estimated_job_mb"] <= 4 * max(growth, 1.0), (plan, measured)
+    assert growth <= plan["estimated_job_mb"] <= 3 * max(growth, 1.0), (plan, measured)
