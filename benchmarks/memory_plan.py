@@ -21,6 +21,7 @@ from typing import Dict, List
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 sys.path.insert(0, ROOT)
 
+from device_agent import atomic  # noqa: E402
 from device_agent.demo import write_digits_folder  # noqa: E402
 from device_agent.protocol.peer import Peer  # noqa: E402
 
@@ -100,12 +101,11 @@ def main() -> int:
     table += ["| " + " | ".join(r) + " |" for r in rows]
     print("\n".join(table))
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as handle:
-            handle.write("# The memory plan against the worker's peak\n\n"
-                         "Command: `python benchmarks/memory_plan.py --images-per-class %d "
-                         "--epochs %d`, torch %s, on this machine.\n\n%s\n"
-                         % (args.images_per_class, args.epochs, _torch_version(),
-                            "\n".join(table)))
+        text = ("# The memory plan against the worker's peak\n\n"
+                "Command: `python benchmarks/memory_plan.py --images-per-class %d --epochs %d`, "
+                "torch %s, on this machine.\n\n%s\n"
+                % (args.images_per_class, args.epochs, _torch_version(), "\n".join(table)))
+        atomic.write_bytes(args.out, text.encode("utf-8"))
     return 0
 
 

@@ -59,10 +59,9 @@ def save_domain(backbone: str, directory: str) -> str:
     except Exception:  # weights not provisioned here: the same network, seeded random
         frozen, info = backbones.build_backbone(backbone, backbones.RANDOM)
     net = AdaptedNet(frozen)
-    net.backbone_info = info
     net.add_domain("bench", DomainModule(frozen, "da2", CLASSES))
     out = os.path.join(directory, "adapter")
-    save(net, "bench", out, ["class%d" % i for i in range(CLASSES)], info["input_size"])
+    save(net, "bench", out, ["class%d" % i for i in range(CLASSES)], info.input_size)
     return out
 
 
@@ -95,7 +94,7 @@ def prepare(backbone: str, directory: str) -> Prepared:
     mean = torch.tensor(config["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(config["std"]).view(1, 3, 1, 1)
     normalised = {n: (torch.from_numpy(unit[n]) - mean) / std for n in (1, 8)}
-    weights = "random" if net.backbone_info["weights_sha256"] == "random" else "manifest"
+    weights = "random" if net.backbone_spec.weights_sha256 == "random" else "manifest"
     facts = {"size": size, "weights": weights, "parity_b1": one.parity.max_abs_diff,
              "parity_b8": eight.parity.max_abs_diff}
     return Prepared(net, one.onnx_path, eight.onnx_path, unit, normalised, facts)
@@ -215,7 +214,7 @@ def _loadavg() -> str:
 
 
 def write_report(path: str, command: str, machine: str, table: str, notes: List[str]) -> None:
-    from device_agent.store import atomic
+    from device_agent import atomic
 
     text = "\n".join([
         "# Prediction latency: torch eager against onnxruntime", "",

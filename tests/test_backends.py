@@ -32,9 +32,8 @@ SIZE = 64
 def _adapter(data_dir, version: str, seed: int, backbone: str = "resnet18") -> str:
     """A saved da2 domain over the seeded random backbone, its weights moved off their
     initial values (so that the adapters take part in the output)."""
-    frozen, info = build_backbone(backbone, "random")
+    frozen, _ = build_backbone(backbone, "random")
     net = AdaptedNet(frozen)
-    net.backbone_info = info
     generator = torch.Generator().manual_seed(seed)
     domain = net.add_domain("d", DomainModule(frozen, "da2", len(CLASSES)))
     with torch.no_grad():

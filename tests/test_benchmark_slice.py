@@ -20,7 +20,7 @@ def _val_top1(split, method, tmp_path):
     torch.manual_seed(0)
     net = build_net("efficientnet_lite0", method, len(split.classes))
     config = TrainConfig(epochs=3, batch_size=32, resolution=32, hflip=False, seed=0)
-    return Trainer(net, split, config, str(tmp_path / method)).run()["val_top1"]
+    return Trainer(net, split, config, str(tmp_path / method)).run().val_top1
 
 
 @needs_lite0

@@ -79,7 +79,7 @@ def test_a_training_run_with_a_tuner_measures_every_count(small_folder, tmp_path
 
     config = TrainConfig(epochs=2, batch_size=2, resolution=32)
     result = Trainer(net, split, config, str(tmp_path), watch, tuner).run()
-    assert result["epochs"] == 2 and set(tuner.rates) == {1, 2} and set(seen) == {1, 2}
+    assert result.epochs == 2 and set(tuner.rates) == {1, 2} and set(seen) == {1, 2}
 
 
 def _spin(seconds):

@@ -142,11 +142,14 @@ class JobMemory(BaseModel):
     saved_activation_mb: Optional[float] = Field(None, description="what autograd keeps for "
                                                                    "backward per step, measured")
     estimated_peak_mb: Optional[float] = Field(None, description="the planner's estimate of "
-                                                                 "the worker's peak RSS")
+                                                                 "the worker's peak RSS over "
+                                                                 "the whole job")
     step_peak_rss_mb: Optional[float] = Field(None, description="the worker's highest RSS "
                                                                 "during a step, measured")
-    worker_peak_rss_mb: Optional[float] = Field(None, description="the worker's lifetime peak "
-                                                                  "RSS at the job's end")
+    worker_peak_rss_mb: Optional[float] = Field(None, description="the worker's highest RSS "
+                                                                  "from the plan to the job's "
+                                                                  "end (steps, evaluations, "
+                                                                  "checkpoints), measured")
     cuda_peak_mb: Optional[float] = Field(None, description="CUDA allocator peak (CUDA only)")
     adjustments: List[Dict[str, object]] = Field(
         default_factory=list, description="micro-batch halvings under memory pressure or OOM, "

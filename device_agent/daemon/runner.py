@@ -97,6 +97,8 @@ class JobRunner(object):
             self._start_next()
 
     def _start_next(self) -> None:
+        if self.supervisor.long_request.locked():  # an export holds the worker: wait
+            return
         job = self.store.claim_next_job()
         if job is None:
             return

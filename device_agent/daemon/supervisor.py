@@ -44,6 +44,10 @@ class WorkerSupervisor(object):
         self.env = env
         self.backoff = backoff
         self.hello_timeout_s = hello_timeout_s
+        # Held around a request that keeps the worker's request loop for minutes (an
+        # export): the runner starts no job meanwhile, else its train request would time out
+        # behind it and the job be retried while the worker then trains it anyway.
+        self.long_request = threading.Lock()
         self.state = "stopped"  # starting | ready | restarting | stopped
         self.hello = None  # type: Optional[Dict[str, object]]
         self.restarts = 0

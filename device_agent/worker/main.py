@@ -27,7 +27,7 @@ from PIL import Image
 from device_agent import __version__, bounds
 from device_agent.cpu_budget import ThreadPolicy, plan_threads, read_budget
 from device_agent.errors import Conflict, InvalidInput
-from device_agent.jobspec import JobReport, TrainParams
+from device_agent.jobspec import MIB, JobReport, TrainParams
 from device_agent.model import adapter_io
 from device_agent.model.backbones import build_backbone
 from device_agent.model.layers import Backbone
@@ -125,11 +125,12 @@ class Worker(object):
                     omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))
 
     def _cuda_memory(self) -> Optional[Dict[str, float]]:
+        """CUDA allocator figures in MiB, the unit the API shows."""
         if self.device.type != "cuda":
             return None
-        return {"cuda_allocated_mb": torch.cuda.memory_allocated(self.device) / 1e6,
-                "cuda_reserved_mb": torch.cuda.memory_reserved(self.device) / 1e6,
-                "cuda_peak_mb": torch.cuda.max_memory_allocated(self.device) / 1e6}
+        return {"cuda_allocated_mb": torch.cuda.memory_allocated(self.device) / MIB,
+                "cuda_reserved_mb": torch.cuda.memory_reserved(self.device) / MIB,
+                "cuda_peak_mb": torch.cuda.max_memory_allocated(self.device) / MIB}
 
     def train(self, header: dict, payload: bytes) -> Dict[str, object]:
         if self.job is not None:

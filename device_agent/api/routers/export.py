@@ -30,11 +30,12 @@ def export_domain(domain: DomainName, store: StoreDep, supervisor: SupervisorDep
     if input_norm not in INPUT_NORMS:
         raise InvalidInput("input_norm must be one of %s" % ", ".join(INPUT_NORMS))
     adapter = _version(store, domain, version)
-    result = supervisor.request(
-        "export", domain=domain, adapter_dir=adapter["path"],
-        cache_dir=domain_files.export_cache(domain), input_norm=input_norm,
-        softmax=softmax, opset=13, parity=_parity_source(store, adapter),
-        timeout=EXPORT_TIMEOUT_S)
+    with supervisor.long_request:  # no job starts behind it (one export at a time too)
+        result = supervisor.request(
+            "export", domain=domain, adapter_dir=adapter["path"],
+            cache_dir=domain_files.export_cache(domain), input_norm=input_norm,
+            softmax=softmax, opset=13, parity=_parity_source(store, adapter),
+            timeout=EXPORT_TIMEOUT_S)
     filename = "%s-v%d-%s.zip" % (domain, adapter["version"], format)
     headers = {"Content-Disposition": 'attachment; filename="%s"' % filename,
                "X-Export-Sha256": str(result["onnx_sha256"])}
