@@ -61,3 +61,28 @@ def test_push_and_status_from_the_command_line(server, small_folder):
     assert wrong_token.returncode == 1 and "HTTP 401" in wrong_token.stderr
     unreachable = cli("status", "--server", "http://127.0.0.1:%d" % free_port(), "--token", "t")
     assert unreachable.returncode == 5 and "cannot reach" in unreachable.stderr
+
+
+def test_a_job_trains_the_dataset_it_names(server, small_folder):
+    """dataset_id (what an upload returned) picks the data; without it, the latest. Another
+    domain's dataset, or none at all, is a 404, and nothing is queued."""
+    base, _ = server
+    body, content_type = multipart([("file", ("colours.zip", zipped(small_folder)))])
+    first = call(base, "POST", "/v1/domains/picked/datasets", body,
+                 content_type=content_type)[1]["dataset_id"]
+    latest = call(base, "POST", "/v1/domains/picked/datasets", body,
+                  content_type=content_type)[1]["dataset_id"]
+    other = call(base, "POST", "/v1/domains/elsewhere/datasets", body,
+                 content_type=content_type)[1]["dataset_id"]
+    params = {"backbone": "resnet18", "epochs": 1, "resolution": 32}
+    named = call(base, "POST", "/v1/domains/picked/jobs?dataset_id=%d" % first, params)[1]
+    default = call(base, "POST", "/v1/domains/picked/jobs", params)[1]
+    for job_id, dataset_id in ((named["job_id"], first), (default["job_id"], latest)):
+        assert call(base, "GET", "/v1/jobs/" + job_id)[1]["dataset_id"] == dataset_id
+        call(base, "POST", "/v1/jobs/%s/cancel" % job_id)
+    queued = len(call(base, "GET", "/v1/jobs?domain=picked")[1])
+    for dataset_id in (other, 999999):
+        status, problem = call(base, "POST", "/v1/domains/picked/jobs?dataset_id=%d"
+                               % dataset_id, params)
+        assert status == 404 and problem["code"] == "unknown_name", problem
+    assert len(call(base, "GET", "/v1/jobs?domain=picked")[1]) == queued

@@ -221,6 +221,7 @@ class Job(BaseModel):
     domain: str = Field(..., description="the domain being trained")
     state: JobState = Field(..., description="queued -> running -> succeeded | failed | "
                                              "cancelled; interrupted (worker died) -> queued")
+    dataset_id: Optional[int] = Field(None, description="the dataset the job trains on")
     params: Dict[str, object] = Field(..., description="the JobRequest as accepted")
     created_at: float = Field(..., description="Unix time")
     started_at: Optional[float] = Field(None, description="Unix time of the last start")

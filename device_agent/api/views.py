@@ -45,7 +45,8 @@ def job_view(record: Dict[str, object]) -> Dict[str, object]:
         fraction = 1.0
     final = report.to_dict() if report is not None else {}
     return {
-        "id": record["id"], "domain": record["domain"], "state": record["state"],
+        "id": record["id"], "domain": record["domain"], "dataset_id": record["dataset_id"],
+        "state": record["state"],
         "params": record["params"], "created_at": record["created_at"],
         "started_at": record["started_at"], "finished_at": record["finished_at"],
         "attempts": record["attempts"], "error": record["error"],

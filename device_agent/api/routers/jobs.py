@@ -1,28 +1,43 @@
-"""Training jobs: queue one for a domain's latest dataset, follow it, cancel it."""
-from typing import List, Optional
+"""Training jobs: queue one for a domain's dataset (the latest unless named), follow it,
+cancel it."""
+from typing import Dict, List, Optional
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from device_agent.api.deps import DomainName, RunnerDep, SettingsDep, StoreDep
 from device_agent.api.schemas import Job, JobCreated, JobRequest
 from device_agent.api.views import job_view
-from device_agent.errors import Conflict
+from device_agent.errors import Conflict, UnknownName
+from device_agent.store.db import Store
 
 router = APIRouter(tags=["jobs"])
 
 
 @router.post("/domains/{domain}/jobs", status_code=202, response_model=JobCreated,
-             summary="train the domain on its latest dataset (queued behind running jobs)")
-def start_job(domain: DomainName, body: JobRequest, store: StoreDep,
-              settings: SettingsDep) -> dict:
+             summary="train the domain on a dataset of its own, the latest unless "
+                     "dataset_id names one (queued behind running jobs)")
+def start_job(domain: DomainName, body: JobRequest, store: StoreDep, settings: SettingsDep,
+              dataset_id: Optional[int] = Query(
+                  None, ge=1, description="the dataset_id an upload to this domain returned; "
+                                          "default: its latest dataset")) -> dict:
     store.get_domain(domain)
-    dataset = store.latest_dataset(domain)
-    if dataset is None:
-        raise Conflict("domain %r has no dataset; upload one first" % domain)
+    dataset = _dataset(store, domain, dataset_id)
     params = {k: v for k, v in body.model_dump().items() if v is not None}
     if "memory_limit_mb" not in params and settings.memory_limit_mb:
         params["memory_limit_mb"] = settings.memory_limit_mb
     return {"job_id": store.enqueue_job(domain, dataset["id"], params)["id"]}
+
+
+def _dataset(store: Store, domain: str, dataset_id: Optional[int]) -> Dict[str, object]:
+    if dataset_id is None:
+        dataset = store.latest_dataset(domain)
+        if dataset is None:
+            raise Conflict("domain %r has no dataset; upload one first" % domain)
+        return dataset
+    dataset = store.get_dataset(dataset_id)  # 404 when there is none
+    if dataset["domain"] != domain:  # another domain's data is not this one's to train on
+        raise UnknownName("domain %r has no dataset %d" % (domain, dataset_id))
+    return dataset
 
 
 @router.get("/jobs", response_model=List[Job], summary="all jobs, oldest first")
