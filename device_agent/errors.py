@@ -94,6 +94,13 @@ class ImageTooLarge(PayloadTooLarge):
     http_status = 413
 
 
+class EngineBuildFailed(AgentError):
+    """TensorRT is present but could not build an engine from the ONNX file."""
+
+    code = "engine_build_failed"
+    http_status = 422
+
+
 class ExportParityError(AgentError):
     """An ONNX export whose outputs differ from PyTorch's beyond the tolerance: refused,
     nothing is offered (issue 13)."""
@@ -115,7 +122,8 @@ def from_code(code: str, message: str) -> AgentError:
     classes = {cls.code: cls for cls in (AgentError, InvalidInput, UnknownName, Conflict,
                                          WeightsNotFound, WeightsMismatch, ArtifactError,
                                          MemoryBudgetExceeded, WorkerUnavailable, Unauthorized,
-                                         PayloadTooLarge, ImageTooLarge, ExportParityError)}
+                                         PayloadTooLarge, ImageTooLarge, ExportParityError,
+                                         EngineBuildFailed)}
     error = classes.get(code, AgentError)(message)
     if code not in classes:
         error.code = code

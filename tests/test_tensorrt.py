@@ -85,7 +85,7 @@ def test_trtexec_builds_an_fp16_engine_and_writes_its_key_beside_it(tmp_path, on
                                                                      fake_trtexec):
     result = _build(onnx_file, tmp_path)
     assert result.status == "built" and result.builder == "trtexec"
-    assert result.key == trt_cache.EngineKey(trt_cache.file_sha256(onnx_file), "8.2.1", "fp16",
+    assert result.key == trt_cache.EngineKey(trt_cache.sha256_of(onnx_file), "8.2.1", "fp16",
                                              "NVIDIA Tegra X1")
     (args,) = fake_trtexec()
     assert "--onnx=" + onnx_file in args and "--fp16" in args
@@ -98,7 +98,7 @@ def test_trtexec_builds_an_fp16_engine_and_writes_its_key_beside_it(tmp_path, on
     with open(result.engine_path + ".json") as key_file:
         recorded = json.load(key_file)
     assert recorded["key"] == result.key.as_dict()
-    assert recorded["engine_sha256"] == trt_cache.file_sha256(result.engine_path)
+    assert recorded["engine_sha256"] == trt_cache.sha256_of(result.engine_path)
     assert sorted(os.listdir(os.path.dirname(result.engine_path))) == [
         "model.fp16.engine", "model.fp16.engine.json"]
 

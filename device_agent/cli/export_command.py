@@ -27,15 +27,14 @@ def add_parser(commands) -> None:
 
 def _image_files(paths: List[str]) -> List[str]:
     from device_agent.errors import InvalidInput
-    from device_agent.imagefolder import IMAGE_EXTENSIONS
+    from device_agent.imagefolder import is_image_name
 
     files = []
     for path in paths:
         if os.path.isdir(path):
             for root, dirs, names in os.walk(path):
                 dirs.sort()
-                files.extend(os.path.join(root, n) for n in sorted(names)
-                             if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith("."))
+                files.extend(os.path.join(root, n) for n in sorted(names) if is_image_name(n))
         elif os.path.isfile(path):
             files.append(path)
         else:

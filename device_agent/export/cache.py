@@ -18,6 +18,7 @@ from device_agent import __version__
 from device_agent.errors import ArtifactError
 from device_agent.export import onnx_export
 from device_agent.export.onnx_export import ExportResult
+from device_agent.manifest import sha256_of
 
 KEEP_ENTRIES = 4  # exports kept per domain, least recently served dropped first
 
@@ -75,8 +76,7 @@ def _verified(target: str) -> Optional[ExportResult]:
         return None
     try:
         result = onnx_export.read_result(target)
-        with open(result.onnx_path, "rb") as handle:
-            actual = hashlib.sha256(handle.read()).hexdigest()
+        actual = sha256_of(result.onnx_path)
     except (ArtifactError, OSError, KeyError, TypeError):
         return None
     return result if actual == result.onnx_sha256 else None

@@ -22,6 +22,7 @@ import torch
 from device_agent import __version__, artifacts, atomic
 from device_agent.errors import ArtifactError, ExportParityError, InvalidInput
 from device_agent.export.onnx_fold import make_static
+from device_agent.manifest import sha256_of
 
 INPUT_NAME = "input_0"
 OUTPUT_NAME = "output_0"
@@ -88,7 +89,7 @@ def export_domain(adapter_dir: str, out_dir: str, *, input_norm: str = "builtin"
         graph = read_graph(onnx_path)
         reference = torch_reference(net, config, images, softmax)
         parity = check_parity(onnx_path, model, images, reference, batch_size, tolerance)
-        metadata = describe(config, adapter_dir, graph, _file_sha256(onnx_path), input_norm,
+        metadata = describe(config, adapter_dir, graph, sha256_of(onnx_path), input_norm,
                             softmax, parity, source, tolerance)
         atomic.write_bytes(os.path.join(staging, LABELS_NAME),
                            ("\n".join(config["class_names"]) + "\n").encode("utf-8"))
@@ -135,11 +136,6 @@ def adapter_sha256(adapter_dir: str) -> str:
         with open(os.path.join(adapter_dir, name), "rb") as handle:
             digest.update(hashlib.sha256(handle.read()).hexdigest().encode("ascii"))
     return digest.hexdigest()
-
-
-def _file_sha256(path: str) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()
 
 
 def write_onnx(model: torch.nn.Module, path: str, shape: Sequence[int], opset: int) -> None:

@@ -17,7 +17,6 @@ The builder is the ``tensorrt`` Python module when it imports, else ``trtexec`` 
 (``status == "unavailable"`` with a reason) instead of raising: CI machines and laptops
 have no TensorRT. Python 3.6 compatible (JetPack 4), stdlib only at import time.
 """
-import hashlib
 import json
 import os
 import re
@@ -29,7 +28,8 @@ import time
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
 from device_agent import atomic
-from device_agent.errors import AgentError
+from device_agent.errors import EngineBuildFailed
+from device_agent.manifest import sha256_of
 
 PRECISIONS = ("fp16", "fp32")
 BUILDERS = ("auto", "python", "trtexec")
@@ -40,12 +40,6 @@ BUILD_TIMEOUT_S = 3600.0  # an FP16 build of a small CNN takes minutes on a Nano
 WORKSPACE_BYTES = 256 << 20  # a Nano has 4 GB shared with the CPU
 KEY_VERSION = 1
 LOG_TAIL_CHARS = 2000
-
-
-class EngineBuildFailed(AgentError):
-    """TensorRT is present but could not build an engine from the ONNX file."""
-    code = "engine_build_failed"
-    http_status = 422
 
 
 class EngineKey(NamedTuple):
@@ -168,14 +162,6 @@ def gpu_name() -> str:
         return "unknown GPU"
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # --- the cache ----------------------------------------------------------------------------
 
 def engine_paths(cache_dir: str, precision: str) -> Tuple[str, str]:
@@ -195,7 +181,7 @@ def cached_engine(cache_dir: str, key: EngineKey) -> Optional[str]:
         return None
     if not isinstance(recorded, dict) or recorded.get("key") != key.as_dict():
         return None
-    if not os.path.isfile(engine) or file_sha256(engine) != recorded.get("engine_sha256"):
+    if not os.path.isfile(engine) or sha256_of(engine) != recorded.get("engine_sha256"):
         return None
     return engine
 
@@ -215,7 +201,7 @@ def build_engine(onnx_path: str, cache_dir: str, precision: str = "fp16",
     toolchain, reason = find_toolchain(builder)
     if toolchain is None:
         return _unavailable(reason)
-    key = EngineKey(file_sha256(onnx_path), toolchain.version, precision,
+    key = EngineKey(sha256_of(onnx_path), toolchain.version, precision,
                     gpu if gpu is not None else gpu_name())
     hit = cached_engine(cache_dir, key)
     if hit is not None:
@@ -227,7 +213,7 @@ def build_engine(onnx_path: str, cache_dir: str, precision: str = "fp16",
     build = _build_with_python if toolchain.builder == "python" else _build_with_trtexec
     build(toolchain, onnx_path, engine, precision, max_batch)
     seconds = time.time() - started
-    atomic.write_json(key_file, {"key": key.as_dict(), "engine_sha256": file_sha256(engine),
+    atomic.write_json(key_file, {"key": key.as_dict(), "engine_sha256": sha256_of(engine),
                                  "builder": toolchain.builder, "build_seconds": seconds,
                                  "onnx": os.path.basename(onnx_path)})
     return EngineResult("built", "no engine for this key", engine, key, toolchain.builder,

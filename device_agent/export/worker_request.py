@@ -7,6 +7,7 @@ from typing import Dict, List
 from device_agent.errors import InvalidInput
 from device_agent.export.cache import cached_export
 from device_agent.export.onnx_export import INPUT_NORMS, MAX_PARITY_IMAGES
+from device_agent.jobspec import PARAM_BY_NAME
 
 
 def validation_images(parity: Dict[str, object]) -> List[str]:
@@ -18,7 +19,8 @@ def validation_images(parity: Dict[str, object]) -> List[str]:
     dataset_dir = parity.get("dataset_dir")
     if not isinstance(dataset_dir, str) or not os.path.isdir(dataset_dir):
         return []
-    fraction, seed = parity.get("val_fraction", 0.2), parity.get("seed", 0)
+    fraction = parity.get("val_fraction", PARAM_BY_NAME["val_fraction"].default)
+    seed = parity.get("seed", PARAM_BY_NAME["seed"].default)
     if not isinstance(fraction, (int, float)) or not isinstance(seed, int) \
             or isinstance(seed, bool) or not 0 <= fraction < 1:
         raise InvalidInput("parity images: val_fraction in [0, 1) and an integer seed")

@@ -8,6 +8,7 @@ from fastapi.responses import Response
 
 from device_agent.api.deps import DomainFilesDep, DomainName, StoreDep, SupervisorDep
 from device_agent.errors import Conflict, InvalidInput, UnknownName
+from device_agent.jobspec import PARAM_BY_NAME
 from device_agent.store.files import zip_files
 
 router = APIRouter(tags=["adapters"])
@@ -67,4 +68,5 @@ def _parity_source(store, adapter: Dict[str, object]) -> Dict[str, object]:
         return {}
     params = job.get("params") or {}
     return {"dataset_dir": store.get_dataset(job["dataset_id"])["path"],
-            "val_fraction": params.get("val_fraction", 0.2), "seed": params.get("seed", 0)}
+            "val_fraction": params.get("val_fraction", PARAM_BY_NAME["val_fraction"].default),
+            "seed": params.get("seed", PARAM_BY_NAME["seed"].default)}
