@@ -19,6 +19,8 @@ import pytest
 from api_calls import call as api_call
 from api_calls import multipart, zipped
 
+pytest.importorskip("fastapi")  # a live daemon: not on the torch-only 3.6 stage
+
 TOKEN = "staying-up-token"
 HEADER_TIMEOUT_S = 2
 
