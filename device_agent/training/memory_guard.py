@@ -112,10 +112,10 @@ def effective_limit_mb(limit_mb: float, resident_mb: float,
 
 
 def warm_up(net: AdaptedNet, image_shape: Tuple[int, int, int], lean: bool) -> None:
-    """Create what the job's first passes would (derived weights for the training and the
-    evaluation path) before the resident memory is read: it is the job's, but of fixed size."""
+    """Create what the job's evaluation passes would (derived weights of the evaluation path)
+    before the resident memory is read: it is the job's, but of fixed size. The estimator's
+    probe does the same for the training path."""
     materialize(net, torch.zeros((1,) + tuple(image_shape), device=device_of(net)), lean)
-    estimate_job_bytes(net, image_shape, 1, lean)  # a training-mode probe pass
 
 
 def plan_batch(net: AdaptedNet, image_shape: Tuple[int, int, int], batch_size: int,
@@ -126,6 +126,9 @@ def plan_batch(net: AdaptedNet, image_shape: Tuple[int, int, int], batch_size: i
     worker's resident memory plus :func:`estimate_job_bytes` under the limit."""
     if resident_mb is None:
         warm_up(net, image_shape, lean)
+    # One training-mode probe pass, before the resident memory is read; the estimate is
+    # linear in the images a pass, so every candidate is this one scaled.
+    per_image = estimate_job_bytes(net, image_shape, 1, lean)
     resident = rss_mb() if resident_mb is None else resident_mb
     resident = resident or 0.0
     available = mem_available_mb() if available_mb is None else available_mb
@@ -133,7 +136,8 @@ def plan_batch(net: AdaptedNet, image_shape: Tuple[int, int, int], batch_size: i
     budget = limit - resident
 
     def job(images: int) -> JobMemoryEstimate:
-        return estimate_job_bytes(net, image_shape, images, lean)
+        return per_image._replace(saved=per_image.saved * images,
+                                  largest_activation=per_image.largest_activation * images)
 
     if batch_size <= 0:  # auto: the largest candidate that fits in one pass
         candidates = [b for b in AUTO_BATCH_SIZES if b <= max(train_images, 2)] or [2]
