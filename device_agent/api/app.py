@@ -22,7 +22,9 @@ from device_agent.api.limits import BodyLimit, is_upload
 from device_agent.api.metrics import Metrics
 from device_agent.api.problems import problem
 from device_agent.api.readiness import StoreCheck
+from device_agent.api.review_keeper import ReviewCaps, ReviewKeeper
 from device_agent.api.routers import dashboard, datasets, domains, export, jobs, system, telemetry
+from device_agent.api.routers import review as review_routes  # issue 14
 from device_agent.api.schemas import ERROR_RESPONSES
 from device_agent.api.settings import Settings
 from device_agent.api.timing import RequestTiming
@@ -85,12 +87,17 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.store_check = StoreCheck(store, paths.root)
         # the threads /healthz watches: dead or stuck, the orchestrator restarts the daemon
         app.state.heartbeats = [supervisor.heartbeat, runner.heartbeat, sampler.heartbeat]
+        # the review queue of doubtful predictions (issue 14)
+        app.state.review_keeper = ReviewKeeper(store, paths, ReviewCaps(
+            settings.review_max_items, settings.review_max_mb << 20))
+        app.state.review_keeper.start()
         supervisor.start()
         runner.start()
         sampler.start()
         try:
             yield
         finally:
+            app.state.review_keeper.stop()  # review queue (issue 14)
             sampler.stop()
             runner.stop()
             supervisor.stop()
@@ -143,6 +150,10 @@ def create_app(settings: Settings) -> FastAPI:
     for router in (datasets.router, jobs.router, domains.router, telemetry.router, export.router):
         app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)],
                            responses=ERROR_RESPONSES)
+    # the review queue of doubtful predictions and its page (issue 14)
+    app.include_router(review_routes.router, prefix="/v1", dependencies=[Depends(require_token)],
+                       responses=ERROR_RESPONSES)
+    app.include_router(review_routes.page_router)
     app.include_router(telemetry.metrics_router, dependencies=[Depends(require_token)]
                        if settings.metrics_require_token else [], responses=ERROR_RESPONSES)
     return app

@@ -330,3 +330,88 @@ class TelemetrySample(BaseModel):
         default_factory=dict, description="the worker's figures: pid, rss_mb, job_id and, "
                                           "on CUDA, cuda_allocated_mb/cuda_reserved_mb/"
                                           "cuda_peak_mb")
+
+
+# The review queue of doubtful predictions (issue 14): settings, the queue, a decision.
+class ReviewSettingsUpdate(BaseModel):
+    """A domain's review settings; a field left out keeps its current value."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: Optional[StrictBool] = Field(None, description="keep doubtful predictions")
+    threshold: Optional[float] = Field(None, gt=0, le=1, description="keep an image whose "
+                                                                     "top probability is "
+                                                                     "under this")
+    max_items: Optional[int] = Field(None, ge=1, le=2 ** 31 - 1, description="the most items "
+                                                                            "kept; the oldest "
+                                                                            "go first")
+    max_bytes: Optional[int] = Field(None, ge=1, le=2 ** 53, description="the most image "
+                                                                         "bytes kept; the "
+                                                                         "oldest go first")
+
+
+class ReviewSettingsView(BaseModel):
+    enabled: bool = Field(..., description="doubtful predictions are kept (off by default)")
+    threshold: float = Field(..., description="an image whose top probability is under this "
+                                              "is kept (default 0.5)")
+    max_items: int = Field(..., description="the most items kept (default 200)")
+    max_bytes: int = Field(..., description="the most image bytes kept (default 50 MiB)")
+    cap_items: int = Field(..., description="the daemon's ceiling of max_items "
+                                            "(review_max_items)")
+    cap_bytes: int = Field(..., description="the daemon's ceiling of max_bytes "
+                                            "(review_max_mb)")
+
+
+class ReviewItemView(BaseModel):
+    id: int = Field(..., description="the item's id in its domain's queue (never reused)")
+    created_at: float = Field(..., description="Unix time of the prediction")
+    version: int = Field(..., description="the adapter version that predicted it")
+    predictions: List[Prediction] = Field(..., description="its top-3, most probable first")
+    bytes: int = Field(..., description="the kept image's size")
+    media_type: str = Field(..., description="image/jpeg or image/png")
+    image: str = Field(..., description="the image's URL (token needed)")
+
+
+class ReviewCounters(BaseModel):
+    """What happened to the domain's doubtful predictions since the daemon started."""
+
+    kept: int = Field(..., description="images queued")
+    dropped_oldest: int = Field(..., description="old items dropped to stay within bounds")
+    skipped_busy: int = Field(..., description="images not kept: the keeper was behind")
+    too_large: int = Field(..., description="images larger than max_bytes on their own")
+    failed: int = Field(..., description="images that could not be kept (the log says why)")
+
+
+class ReviewQueueView(BaseModel):
+    domain: str = Field(..., description="the domain")
+    settings: ReviewSettingsView = Field(..., description="its review settings")
+    count: int = Field(..., description="items in the queue")
+    bytes: int = Field(..., description="bytes of the queued images")
+    items: List[ReviewItemView] = Field(..., description="newest first, at most `limit`")
+    next_before: Optional[int] = Field(None, description="pass as `before` for the next page; "
+                                                         "null on the last one")
+    counters: ReviewCounters = Field(..., description="since the daemon started")
+
+
+class ReviewDecision(BaseModel):
+    """Exactly one of: a label (the image becomes a sample of that class) or discard."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: Optional[str] = Field(None, min_length=1, max_length=255,
+                                 description="the image's class (a new one is allowed)")
+    discard: Optional[StrictBool] = Field(None, description="true: drop the image")
+
+    @field_validator("discard")
+    @classmethod
+    def _only_true(cls, value: Optional[bool]) -> Optional[bool]:
+        if value is False:
+            raise ValueError("discard must be true when given")
+        return value
+
+
+class ReviewOutcome(BaseModel):
+    id: int = Field(..., description="the item decided")
+    action: Literal["labelled", "discarded"] = Field(..., description="what was done")
+    label: Optional[str] = Field(None, description="the class it was added to")
+    sample_ids: List[str] = Field(default_factory=list, description="the samples added "
+                                                                    "(content hashes)")
+    duplicates: int = Field(0, description="1 when the working set had the image already")

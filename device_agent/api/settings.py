@@ -65,3 +65,8 @@ class Settings(BaseSettings):
                                                           "false for token-less scrapers)")
     demo: bool = Field(False, description="at start, upload the demo domain (handwritten "
                                           "digits from scikit-learn) and queue its training")
+    # the review queue of doubtful predictions (issue 14): ceilings of every domain's bounds
+    review_max_items: int = Field(1000, ge=1, description="the most items a domain's review "
+                                                          "queue may be set to keep")
+    review_max_mb: int = Field(256, ge=1, description="the most MB of images a domain's "
+                                                      "review queue may be set to keep")

@@ -5,7 +5,15 @@ from fastapi import APIRouter, File, UploadFile
 from fastapi.responses import Response
 
 from device_agent import bounds
-from device_agent.api.deps import DomainFilesDep, DomainName, SettingsDep, StoreDep, SupervisorDep
+from device_agent.api.deps import (
+    DomainFilesDep,
+    DomainName,
+    ReviewKeeperDep,
+    SettingsDep,
+    StoreDep,
+    SupervisorDep,
+)
+from device_agent.api.review_keeper import REVIEW_TOP
 from device_agent.api.schemas import ActivateRequest, DomainStatus, PredictResponse
 from device_agent.api.views import domain_status
 from device_agent.errors import Conflict, InvalidInput, WorkerUnavailable
@@ -44,7 +52,8 @@ def activate(domain: DomainName, body: ActivateRequest, store: StoreDep) -> dict
 @router.post("/domains/{domain}/predict", response_model=PredictResponse, tags=["predict"],
              summary="classify one or more images with the domain's active adapter")
 def predict(domain: DomainName, store: StoreDep, settings: SettingsDep,
-            supervisor: SupervisorDep, file: List[UploadFile] = File(
+            supervisor: SupervisorDep, review_keeper: ReviewKeeperDep,
+            file: List[UploadFile] = File(
                 ..., description="one or more images (any Pillow still-image format)"),
             top_k: int = 3) -> dict:
     adapter = store.active_adapter(domain)
@@ -55,9 +64,12 @@ def predict(domain: DomainName, store: StoreDep, settings: SettingsDep,
                            % settings.max_predict_images)
     images = bounds.read_images([upload.file for upload in file],
                                 settings.max_predict_mb << 20, settings.max_pixels)
+    # at least the top-3 the review queue keeps of a doubtful image; the answer has top_k
     result = supervisor.request("predict", b"".join(images), domain=domain,
-                                adapter_dir=adapter["path"], top_k=top_k,
+                                adapter_dir=adapter["path"], top_k=max(top_k, REVIEW_TOP),
                                 parts=[len(i) for i in images])
+    review_keeper.offer(domain, adapter["version"], images, result["predictions"])
+    result["predictions"] = [top[:top_k] for top in result["predictions"]]
     return dict(result, domain=domain, version=adapter["version"])
 
 
