@@ -70,6 +70,54 @@ MIGRATIONS = [
     );
     CREATE INDEX telemetry_by_time ON telemetry(ts);
     """,
+    # 3, the data loop (issue 14): each domain's working set of samples (content-addressed:
+    # hash = sha256 of the image bytes, dhash = a 64-bit difference hash, signed as SQLite
+    # keeps it), what each archive brought, and the snapshot each job and version trained.
+    """
+    CREATE TABLE samples (
+        domain TEXT NOT NULL REFERENCES domains(name) ON DELETE CASCADE,
+        hash TEXT NOT NULL,
+        label TEXT NOT NULL,
+        split TEXT NOT NULL CHECK (split IN ('train', 'val')),
+        source TEXT NOT NULL,
+        added_at REAL NOT NULL,
+        dhash INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        ext TEXT NOT NULL,
+        PRIMARY KEY (domain, hash)
+    );
+    CREATE INDEX samples_by_class ON samples(domain, label, split);
+    CREATE TABLE dataset_samples (
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+        hash TEXT NOT NULL,
+        label TEXT NOT NULL,
+        PRIMARY KEY (dataset_id, hash)
+    );
+    ALTER TABLE jobs ADD COLUMN snapshot_id TEXT;
+    ALTER TABLE adapter_versions ADD COLUMN snapshot_id TEXT;
+    """,
+    # 4, the review queue of doubtful predictions (issue 14; store/review.py): each domain's
+    # opt-in settings and its kept predictions (the image file, its top-3, the version)
+    """
+    CREATE TABLE review_settings (
+        domain TEXT PRIMARY KEY REFERENCES domains(name) ON DELETE CASCADE,
+        enabled INTEGER NOT NULL,
+        threshold REAL NOT NULL,
+        max_items INTEGER NOT NULL,
+        max_bytes INTEGER NOT NULL
+    );
+    CREATE TABLE review_items (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        domain TEXT NOT NULL REFERENCES domains(name) ON DELETE CASCADE,
+        created_at REAL NOT NULL,
+        version INTEGER NOT NULL,
+        top TEXT NOT NULL,
+        file TEXT NOT NULL,
+        media_type TEXT NOT NULL,
+        bytes INTEGER NOT NULL
+    );
+    CREATE INDEX review_items_by_domain ON review_items(domain, id);
+    """,
 ]
 
 Record = Dict[str, object]

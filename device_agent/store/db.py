@@ -18,6 +18,7 @@ from device_agent.store.domains import DOMAIN_NAME, DomainRecords, check_domain_
 from device_agent.store.history import TelemetryHistory
 from device_agent.store.jobs import JOB_STATES, MAX_ATTEMPTS, TRANSITIONS, JobQueue
 from device_agent.store.review import ReviewQueue
+from device_agent.store.samples import SampleRecords  # the data loop (issue 14)
 from device_agent.store.versions import AdapterVersions
 
 __all__ = ["DOMAIN_NAME", "JOB_STATES", "MAX_ATTEMPTS", "MIGRATIONS", "TRANSITIONS", "Store",
@@ -25,6 +26,6 @@ __all__ = ["DOMAIN_NAME", "JOB_STATES", "MAX_ATTEMPTS", "MIGRATIONS", "TRANSITIO
 
 
 class Store(DomainRecords, JobQueue, AdapterVersions, TelemetryHistory,
-            ReviewQueue):  # review: issue 14
+            SampleRecords, ReviewQueue):  # ReviewQueue: the review queue (issue 14)
     """One SQLite database; safe to share between threads (see :class:`.database.Database`
     for how reads and writes are kept apart)."""
