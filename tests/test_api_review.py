@@ -2,9 +2,12 @@
 daemon's caps, predictions under the threshold queued with their top-3, the queue within its
 count and byte bounds (the oldest dropped, their files too), discarding, hostile ids and
 bodies, the token; and the store's bounds on their own."""
+import contextlib
+import hashlib
 import io
 import os
 import socket
+import sqlite3
 import urllib.error
 import urllib.request
 
@@ -180,6 +183,50 @@ def test_pages_and_discard(trained):
     assert status == 404 and problem["code"] == "unknown_name"
 
 
+def working_set(data_dir, domain=DOMAIN):
+    """{content hash: (label, source)} of the domain's samples, read from the store."""
+    uri = "file:%s?mode=ro" % os.path.join(data_dir, "agent.db")
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+        rows = db.execute("SELECT hash, label, source FROM samples WHERE domain = ?",
+                          (domain,)).fetchall()
+    return {row[0]: (row[1], row[2]) for row in rows}
+
+
+def test_a_label_moves_the_image_into_the_samples(trained):
+    base, data_dir = trained
+    assert put_settings(base, enabled=True, threshold=1.0, max_items=100)[0] == 200
+    kept = queue(base)["counters"]["kept"]
+    images = [noise_png(seed) for seed in (600, 601, 602)]
+    predict(base, images)
+    page = settle(base, kept + 3)
+    newest, older = page["items"][0], page["items"][1]
+    before = working_set(data_dir)
+    prefix = "/v1/domains/%s/review/" % DOMAIN
+    status, outcome = call(base, "POST", prefix + str(newest["id"]), {"label": "1"})
+    assert status == 200, outcome
+    digest = hashlib.sha256(images[2]).hexdigest()
+    assert outcome == {"id": newest["id"], "action": "labelled", "label": "1",
+                       "sample_ids": [digest], "duplicates": 0}
+    assert working_set(data_dir) == dict(before, **{digest: ("1", "review")})
+    after = queue(base)
+    assert newest["id"] not in [i["id"] for i in after["items"]]
+    assert after["count"] == page["count"] - 1 and len(review_files(data_dir)) == after["count"]
+    assert fetch(base, newest["image"])[0] == 404
+    assert call(base, "POST", prefix + str(newest["id"]), {"label": "1"})[0] == 404
+    # a new class is a label too (the next job trains it)
+    status, outcome = call(base, "POST", prefix + str(older["id"]), {"label": "purple"})
+    assert status == 200 and outcome["sample_ids"] == [hashlib.sha256(images[1]).hexdigest()]
+    assert working_set(data_dir)[outcome["sample_ids"][0]] == ("purple", "review")
+    # labels the ImageFolder rules refuse: 400, the item stays queued, nothing added
+    third = queue(base)["items"][0]
+    samples = working_set(data_dir)
+    for label in ("..", ".hidden", "a/b", "a\\b", "x\n", " ", "con\x00"):
+        status, problem = call(base, "POST", prefix + str(third["id"]), {"label": label})
+        assert status == 400 and problem["code"] == "invalid_input", (label, problem)
+    assert queue(base)["items"][0] == third and working_set(data_dir) == samples
+    assert fetch(base, third["image"])[2] == images[0]
+
+
 def test_hostile_ids_and_bodies_change_nothing(trained):
     base, data_dir = trained
     assert put_settings(base, enabled=True, threshold=1.0)[0] == 200
@@ -187,8 +234,8 @@ def test_hostile_ids_and_bodies_change_nothing(trained):
     predict(base, [noise_png(400)])
     page = settle(base, count + 1)
     item = page["items"][0]
-    archive = zip_of({"%s/%d.png" % (label, i): png((i, 9 * i, 0))
-                      for label in ("a", "b") for i in range(3)})
+    archive = zip_of({"%s/%d.png" % (label, i): png((i, 9 * i, blue))
+                      for label, blue in (("a", 0), ("b", 200)) for i in range(3)})
     other_body, other_type = multipart([("file", ("o.zip", archive))])
     assert call(base, "POST", "/v1/domains/other/datasets", other_body,
                 content_type=other_type)[0] == 201

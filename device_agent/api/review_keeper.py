@@ -26,10 +26,12 @@ from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 from device_agent import atomic
 from device_agent.errors import UnknownName
+from device_agent.store.datasets import Limits
 from device_agent.store.db import Store
 from device_agent.store.layout import DataPaths
 from device_agent.store.locks import domain_lock
 from device_agent.store.review import NewReviewItem, ReviewItem, ReviewSettings
+from device_agent.store.samples import AddedSamples, NewSample
 
 log = logging.getLogger("device_agent.review")
 REVIEW_TOP = 3  # (class, probability) pairs kept per item
@@ -215,6 +217,20 @@ class ReviewKeeper(object):
                 return item, handle.read()
         except FileNotFoundError:  # removed by hand, or a concurrent decision took it
             raise UnknownName("review item %d has no image any more" % item_id) from None
+
+    def label(self, domain: str, item_id: int, label: str,
+              limits: Limits) -> Tuple[ReviewItem, AddedSamples]:
+        """Move the item's image into the domain's samples under ``label`` (checked there,
+        with the upload's limits) and out of the queue. A refused label leaves the item
+        queued; the image is added before the item goes, so a crash between the two leaves
+        it in both (adding the same bytes again is a duplicate, never a second sample)."""
+        with self._decide:
+            item, data = self.image(domain, item_id)
+            added = self.store.add_samples(domain, [NewSample(label, data, "review")],
+                                           limits=limits)
+            self.store.remove_review_item(domain, item_id)
+            self._unlink(domain, item.file)
+            return item, added
 
     def discard(self, domain: str, item_id: int) -> ReviewItem:
         with self._decide:

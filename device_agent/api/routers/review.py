@@ -9,8 +9,9 @@ from fastapi import APIRouter, Path, Query
 from fastapi.responses import FileResponse, Response
 from typing_extensions import Annotated
 
-from device_agent.api.deps import DomainName, ReviewKeeperDep, StoreDep
+from device_agent.api.deps import DomainName, ReviewKeeperDep, SettingsDep, StoreDep
 from device_agent.api.review_keeper import ReviewKeeper
+from device_agent.api.routers.datasets import archive_limits
 from device_agent.api.schemas import (
     ReviewDecision,
     ReviewOutcome,
@@ -92,13 +93,15 @@ def get_image(domain: DomainName, item_id: ItemId, keeper: ReviewKeeperDep) -> R
              summary="decide a queued item: {\"label\": \"cls\"} moves its image into the "
                      "domain's samples, {\"discard\": true} drops it")
 def decide(domain: DomainName, item_id: ItemId, body: ReviewDecision,
-           keeper: ReviewKeeperDep) -> dict:
+           keeper: ReviewKeeperDep, settings: SettingsDep) -> dict:
     if (body.label is None) == (body.discard is None):
         raise InvalidInput('give exactly one of {"label": "<class>"} and {"discard": true}')
     if body.discard:
         keeper.discard(domain, item_id)
         return {"id": item_id, "action": "discarded"}
-    raise InvalidInput("labelling needs the samples store (not merged yet)")
+    _, added = keeper.label(domain, item_id, body.label, archive_limits(settings))
+    return {"id": item_id, "action": "labelled", "label": body.label,
+            "sample_ids": added.ids, "duplicates": added.duplicates}
 
 
 @page_router.get("/review", response_class=FileResponse, summary="the review page",
