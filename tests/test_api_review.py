@@ -2,65 +2,18 @@
 daemon's caps, predictions under the threshold queued with their top-3, the queue within its
 count and byte bounds (the oldest dropped, their files too), discarding, hostile ids and
 bodies, the token; and the store's bounds on their own."""
-import contextlib
 import hashlib
-import io
 import os
 import socket
-import sqlite3
-import urllib.error
-import urllib.request
 
 import pytest
-from api_calls import TOKEN, call, multipart, png, train, wait_for, zip_of
+from api_calls import call, multipart, png, train, wait_for, zip_of
 from PIL import Image
+from review_calls import fetch, noise_png, predict, queue, settle, working_set
 
 pytest.importorskip("fastapi")
 
 DOMAIN = "colours"
-
-
-def noise_png(seed, size=24):
-    """A PNG of seeded noise: distinct per seed, about the same size for every seed."""
-    import numpy as np
-
-    pixels = np.random.RandomState(seed).randint(0, 256, (size, size, 3)).astype("uint8")
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def fetch(base, path, token=TOKEN):
-    """(status, content type, body bytes) of a GET."""
-    headers = {"Authorization": "Bearer " + token} if token else {}
-    request = urllib.request.Request(base + path, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.headers["Content-Type"], response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers["Content-Type"], error.read()
-
-
-def predict(base, images, domain=DOMAIN, top_k=3):
-    body, content_type = multipart([("file", ("%d.png" % i, blob))
-                                    for i, blob in enumerate(images)])
-    status, answer = call(base, "POST", "/v1/domains/%s/predict?top_k=%d" % (domain, top_k),
-                          body, content_type=content_type)
-    assert status == 200, answer
-    return answer
-
-
-def queue(base, domain=DOMAIN, query=""):
-    status, page = call(base, "GET", "/v1/domains/%s/review%s" % (domain, query))
-    assert status == 200, page
-    return page
-
-
-def settle(base, count, domain=DOMAIN):
-    """The queue once the keeper has written ``count`` items in all since the start."""
-    page = wait_for(lambda: queue(base, domain), lambda p: p["counters"]["kept"] >= count)
-    assert page["counters"]["kept"] == count, page["counters"]
-    return page
 
 
 def put_settings(base, **settings):
@@ -93,8 +46,8 @@ def test_review_is_off_by_default_and_settings_stay_within_the_caps(trained):
     assert status == 200
     assert settings == {"enabled": False, "threshold": 0.5, "max_items": 200,
                         "max_bytes": 50 << 20, "cap_items": 1000, "cap_bytes": 256 << 20}
-    predict(base, [noise_png(1)])  # off: nothing is kept
-    assert queue(base)["count"] == 0 and review_files(data_dir) == []
+    predict(base, [noise_png(1)], DOMAIN)  # off: nothing is kept
+    assert queue(base, DOMAIN)["count"] == 0 and review_files(data_dir) == []
     for bad in ({"threshold": 0}, {"threshold": 1.5}, {"threshold": "high"},
                 {"enabled": "yes"}, {"enabled": 1}, {"max_items": 0}, {"max_bytes": -1},
                 {"max_items": 1001}, {"max_bytes": (256 << 20) + 1}, {"colour": "red"}):
@@ -105,18 +58,18 @@ def test_review_is_off_by_default_and_settings_stay_within_the_caps(trained):
     assert call(base, "PUT", "/v1/domains/ghost/review/settings", {"enabled": True})[0] == 404
     status, changed = put_settings(base, threshold=0.25)  # a field left out keeps its value
     assert status == 200 and changed == dict(settings, threshold=0.25)
-    assert queue(base)["settings"] == changed
+    assert queue(base, DOMAIN)["settings"] == changed
 
 
 def test_doubtful_predictions_are_queued_with_their_top3(trained):
     base, data_dir = trained
     assert put_settings(base, enabled=True, threshold=0.01)[0] == 200
-    predict(base, [noise_png(2)])  # every top probability of 3 classes is over 1/3
+    predict(base, [noise_png(2)], DOMAIN)  # every top probability of 3 classes is over 1/3
     assert put_settings(base, threshold=1.0)[0] == 200
     images = [noise_png(seed) for seed in (10, 11, 12, 13)]
-    answer = predict(base, images, top_k=1)
+    answer = predict(base, images, DOMAIN, top_k=1)
     assert [len(top) for top in answer["predictions"]] == [1, 1, 1, 1]  # as asked
-    page = settle(base, 4)  # only these four: the one under 0.01 was not kept
+    page = settle(base, 4, DOMAIN)  # only these four: the one under 0.01 was not kept
     assert page["count"] == 4 and [i["id"] for i in page["items"]] == sorted(
         (i["id"] for i in page["items"]), reverse=True)  # newest first
     for item, blob, top in zip(reversed(page["items"]), images, answer["predictions"]):
@@ -134,14 +87,14 @@ def test_doubtful_predictions_are_queued_with_their_top3(trained):
 
 def test_the_queue_stays_within_its_count_and_byte_bounds(trained):
     base, data_dir = trained
-    for item in queue(base, query="?limit=200")["items"]:  # start empty
+    for item in queue(base, DOMAIN, query="?limit=200")["items"]:  # start empty
         assert call(base, "POST", "/v1/domains/%s/review/%d" % (DOMAIN, item["id"]),
                     {"discard": True})[0] == 200
-    kept = queue(base)["counters"]["kept"]
+    kept = queue(base, DOMAIN)["counters"]["kept"]
     assert put_settings(base, enabled=True, threshold=1.0, max_items=3)[0] == 200
     images = [noise_png(seed) for seed in range(100, 107)]
-    predict(base, images)
-    page = settle(base, kept + 7)
+    predict(base, images, DOMAIN)
+    page = settle(base, kept + 7, DOMAIN)
     assert page["count"] == 3 and len(page["items"]) == 3
     assert [fetch(base, i["image"])[2] for i in page["items"]] == images[:-4:-1]  # newest 3
     assert page["counters"]["dropped_oldest"] >= 4
@@ -150,8 +103,8 @@ def test_the_queue_stays_within_its_count_and_byte_bounds(trained):
     assert all(abs(len(blob) - size) < size // 10 for blob in images)
     assert put_settings(base, max_items=100, max_bytes=int(2.5 * size))[0] == 200
     more = [noise_png(seed) for seed in range(200, 205)]
-    predict(base, more)
-    page = settle(base, kept + 12)
+    predict(base, more, DOMAIN)
+    page = settle(base, kept + 12, DOMAIN)
     assert page["count"] == 2 and page["bytes"] <= int(2.5 * size)
     assert [fetch(base, i["image"])[2] for i in page["items"]] == more[:-3:-1]
     assert len(review_files(data_dir)) == 2
@@ -161,19 +114,19 @@ def test_the_queue_stays_within_its_count_and_byte_bounds(trained):
 def test_pages_and_discard(trained):
     base, data_dir = trained
     assert put_settings(base, enabled=True, threshold=1.0, max_items=100)[0] == 200
-    before = queue(base)
-    predict(base, [noise_png(seed) for seed in range(300, 305)])
-    page = settle(base, before["counters"]["kept"] + 5)
-    first = queue(base, query="?limit=3")
+    before = queue(base, DOMAIN)
+    predict(base, [noise_png(seed) for seed in range(300, 305)], DOMAIN)
+    page = settle(base, before["counters"]["kept"] + 5, DOMAIN)
+    first = queue(base, DOMAIN, query="?limit=3")
     assert len(first["items"]) == 3 and first["next_before"] == first["items"][-1]["id"]
-    rest = queue(base, query="?limit=200&before=%d" % first["next_before"])
+    rest = queue(base, DOMAIN, query="?limit=200&before=%d" % first["next_before"])
     assert [i["id"] for i in first["items"] + rest["items"]] == [i["id"] for i in page["items"]]
     assert rest["next_before"] is None
     victim = page["items"][1]
     status, outcome = call(base, "POST", "/v1/domains/%s/review/%d" % (DOMAIN, victim["id"]),
                            {"discard": True})
     assert status == 200 and outcome["action"] == "discarded" and outcome["id"] == victim["id"]
-    after = queue(base)
+    after = queue(base, DOMAIN)
     assert after["count"] == page["count"] - 1
     assert victim["id"] not in [i["id"] for i in after["items"]]
     assert fetch(base, victim["image"])[0] == 404
@@ -183,32 +136,23 @@ def test_pages_and_discard(trained):
     assert status == 404 and problem["code"] == "unknown_name"
 
 
-def working_set(data_dir, domain=DOMAIN):
-    """{content hash: (label, source)} of the domain's samples, read from the store."""
-    uri = "file:%s?mode=ro" % os.path.join(data_dir, "agent.db")
-    with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
-        rows = db.execute("SELECT hash, label, source FROM samples WHERE domain = ?",
-                          (domain,)).fetchall()
-    return {row[0]: (row[1], row[2]) for row in rows}
-
-
 def test_a_label_moves_the_image_into_the_samples(trained):
     base, data_dir = trained
     assert put_settings(base, enabled=True, threshold=1.0, max_items=100)[0] == 200
-    kept = queue(base)["counters"]["kept"]
+    kept = queue(base, DOMAIN)["counters"]["kept"]
     images = [noise_png(seed) for seed in (600, 601, 602)]
-    predict(base, images)
-    page = settle(base, kept + 3)
+    predict(base, images, DOMAIN)
+    page = settle(base, kept + 3, DOMAIN)
     newest, older = page["items"][0], page["items"][1]
-    before = working_set(data_dir)
+    before = working_set(data_dir, DOMAIN)
     prefix = "/v1/domains/%s/review/" % DOMAIN
     status, outcome = call(base, "POST", prefix + str(newest["id"]), {"label": "1"})
     assert status == 200, outcome
     digest = hashlib.sha256(images[2]).hexdigest()
     assert outcome == {"id": newest["id"], "action": "labelled", "label": "1",
                        "sample_ids": [digest], "duplicates": 0}
-    assert working_set(data_dir) == dict(before, **{digest: ("1", "review")})
-    after = queue(base)
+    assert working_set(data_dir, DOMAIN) == dict(before, **{digest: ("1", "review")})
+    after = queue(base, DOMAIN)
     assert newest["id"] not in [i["id"] for i in after["items"]]
     assert after["count"] == page["count"] - 1 and len(review_files(data_dir)) == after["count"]
     assert fetch(base, newest["image"])[0] == 404
@@ -216,23 +160,23 @@ def test_a_label_moves_the_image_into_the_samples(trained):
     # a new class is a label too (the next job trains it)
     status, outcome = call(base, "POST", prefix + str(older["id"]), {"label": "purple"})
     assert status == 200 and outcome["sample_ids"] == [hashlib.sha256(images[1]).hexdigest()]
-    assert working_set(data_dir)[outcome["sample_ids"][0]] == ("purple", "review")
+    assert working_set(data_dir, DOMAIN)[outcome["sample_ids"][0]] == ("purple", "review")
     # labels the ImageFolder rules refuse: 400, the item stays queued, nothing added
-    third = queue(base)["items"][0]
-    samples = working_set(data_dir)
+    third = queue(base, DOMAIN)["items"][0]
+    samples = working_set(data_dir, DOMAIN)
     for label in ("..", ".hidden", "a/b", "a\\b", "x\n", " ", "con\x00"):
         status, problem = call(base, "POST", prefix + str(third["id"]), {"label": label})
         assert status == 400 and problem["code"] == "invalid_input", (label, problem)
-    assert queue(base)["items"][0] == third and working_set(data_dir) == samples
+    assert queue(base, DOMAIN)["items"][0] == third and working_set(data_dir, DOMAIN) == samples
     assert fetch(base, third["image"])[2] == images[0]
 
 
 def test_hostile_ids_and_bodies_change_nothing(trained):
     base, data_dir = trained
     assert put_settings(base, enabled=True, threshold=1.0)[0] == 200
-    count = queue(base)["counters"]["kept"]
-    predict(base, [noise_png(400)])
-    page = settle(base, count + 1)
+    count = queue(base, DOMAIN)["counters"]["kept"]
+    predict(base, [noise_png(400)], DOMAIN)
+    page = settle(base, count + 1, DOMAIN)
     item = page["items"][0]
     archive = zip_of({"%s/%d.png" % (label, i): png((i, 9 * i, blue))
                       for label, blue in (("a", 0), ("b", 200)) for i in range(3)})
@@ -260,7 +204,7 @@ def test_hostile_ids_and_bodies_change_nothing(trained):
     assert status in (400, 422), problem
     for query in ("?limit=0", "?limit=201", "?before=0", "?limit=x"):
         assert call(base, "GET", "/v1/domains/%s/review%s" % (DOMAIN, query))[0] == 422
-    after = queue(base)
+    after = queue(base, DOMAIN)
     assert after["count"] == page["count"] and after["items"] == page["items"]
     assert fetch(base, item["image"])[0] == 200
 
@@ -268,7 +212,7 @@ def test_hostile_ids_and_bodies_change_nothing(trained):
 def test_every_review_route_needs_the_token(trained):
     base, _ = trained
     prefix = "/v1/domains/%s/review" % DOMAIN
-    page = queue(base)
+    page = queue(base, DOMAIN)
     routes = [("GET", prefix, None), ("GET", prefix + "/settings", None),
               ("PUT", prefix + "/settings", {"enabled": False}),
               ("GET", prefix + "/1/image", None), ("POST", prefix + "/1", {"discard": True})]
@@ -282,7 +226,7 @@ def test_every_review_route_needs_the_token(trained):
         sock.sendall(b"POST %s/1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
                      b"\r\nContent-Length: %d\r\n\r\n{" % (prefix.encode(), 8 << 20))
         assert sock.recv(4096).startswith(b"HTTP/1.1 401")
-    assert queue(base) == dict(page, counters=queue(base)["counters"])
+    assert queue(base, DOMAIN) == dict(page, counters=queue(base, DOMAIN)["counters"])
     assert call(base, "GET", prefix + "/settings")[1]["enabled"] is True
 
 
@@ -290,21 +234,22 @@ def test_a_failure_to_keep_never_fails_the_prediction(trained):
     base, data_dir = trained
     assert put_settings(base, enabled=True, threshold=1.0)[0] == 200
     directory = os.path.join(data_dir, "domains", DOMAIN, "review")
-    failed = queue(base)["counters"]["failed"]
+    failed = queue(base, DOMAIN)["counters"]["failed"]
     os.makedirs(directory, exist_ok=True)
     aside = directory + ".aside"
     os.rename(directory, aside)
     with open(directory, "w") as handle:  # a file where the directory was: writes fail
         handle.write("in the way")
     try:
-        answer = predict(base, [noise_png(500), noise_png(501)])
+        answer = predict(base, [noise_png(500), noise_png(501)], DOMAIN)
         assert len(answer["predictions"]) == 2
-        page = wait_for(lambda: queue(base), lambda p: p["counters"]["failed"] >= failed + 2)
+        page = wait_for(lambda: queue(base, DOMAIN),
+                        lambda p: p["counters"]["failed"] >= failed + 2)
         assert page["counters"]["failed"] == failed + 2
     finally:
         os.unlink(directory)
         os.rename(aside, directory)
-    assert len(review_files(data_dir)) == queue(base)["count"]
+    assert len(review_files(data_dir)) == queue(base, DOMAIN)["count"]
 
 
 def test_the_store_drops_the_oldest_items_over_either_bound(tmp_path):

@@ -31,6 +31,10 @@ function node(tag, attrs, text) {
   return element;
 }
 
+function size(bytes) {
+  return bytes < 1048576 ? (bytes / 1024).toFixed(1) + " kB" : (bytes / 1048576).toFixed(1) + " MiB";
+}
+
 function base() { return "/v1/domains/" + encodeURIComponent(state.domain) + "/review"; }
 
 async function thumbnail(item, img) {
@@ -73,7 +77,7 @@ function card(item) {
   box.appendChild(top);
   box.appendChild(node("div", { class: "meta" }, "v" + item.version + " · " +
     new Date(item.created_at * 1000).toLocaleString() + " · " +
-    (item.bytes / 1024).toFixed(1) + " kB"));
+    size(item.bytes)));
   const labels = node("div", { class: "labels" });
   const guess = item.predictions.length ? item.predictions[0].class : null;
   for (const name of state.classes) {
@@ -133,8 +137,7 @@ async function refresh() {
     document.getElementById("enabled").checked = settings.enabled;
   }
   document.getElementById("summary").textContent = page.count + " of at most " +
-    settings.max_items + " items · " + (page.bytes / 1048576).toFixed(2) + " of " +
-    (settings.max_bytes / 1048576).toFixed(0) + " MiB";
+    settings.max_items + " items · " + size(page.bytes) + " of " + size(settings.max_bytes);
   const shown = new Set(page.items.map(item => item.id));
   for (const [id, url] of state.thumbnails) {  // thumbnails of decided items are let go
     if (!shown.has(id)) { URL.revokeObjectURL(url); state.thumbnails.delete(id); }
