@@ -133,8 +133,8 @@ def test_a_snapshot_is_a_complete_imagefolder_reused_by_its_id(store, tmp_path):
     lines = store.working_set_lines("d")
     root = str(tmp_path / "snaps")
     os.makedirs(os.path.join(root, ".staging-left-by-a-crash"))
-    directory = snapshots.materialize(root, lines, lambda l: store.sample_path("d", l.hash,
-                                                                               l.ext))
+    directory = snapshots.materialize(root, lines, lambda line: store.sample_path(
+        "d", line.hash, line.ext))
     assert os.path.basename(directory) == snapshots.snapshot_id(lines)
     assert os.listdir(root) == [os.path.basename(directory)]  # the stale staging is gone
     found = sorted("%s\t%s\t%s" % (split, label, name[:64])
@@ -147,7 +147,7 @@ def test_a_snapshot_is_a_complete_imagefolder_reused_by_its_id(store, tmp_path):
     assert os.stat(a_file).st_ino == os.stat(store.sample_path("d", lines[0].hash,
                                                                lines[0].ext)).st_ino
     os.utime(directory, (1, 1))
-    assert snapshots.materialize(root, lines, lambda l: "/nonexistent") == directory
+    assert snapshots.materialize(root, lines, lambda line: "/nonexistent") == directory
     assert os.stat(directory).st_mtime == 1  # reused, not rebuilt
 
 
@@ -167,7 +167,7 @@ def test_a_failed_snapshot_leaves_nothing_behind(store, tmp_path):
         snapshots.materialize(root, lines, file_of)
     assert os.listdir(root) == []
     with pytest.raises(InvalidInput, match="at least 2 classes"):
-        snapshots.materialize(root, [l for l in lines if l.label == "a"], file_of)
+        snapshots.materialize(root, [x for x in lines if x.label == "a"], file_of)
     only_val = [SnapshotLine("val", "c", "3" * 64, ".png")]
     with pytest.raises(InvalidInput, match="only in val"):
         snapshots.materialize(root, lines + only_val, file_of)

@@ -286,6 +286,10 @@ class SampleRecords(Database):
             found.update((r["hash"], dict(r)) for r in rows)
         return found
 
+    def splits_of(self, domain: str, hashes: List[str]) -> Dict[str, str]:
+        """Where each of these images is (hash -> train or val); unknown ones left out."""
+        return {h: str(r["split"]) for h, r in self._existing(domain, hashes).items()}
+
     def working_set(self, domain: str) -> List[Record]:
         """Every sample of the domain (hash, label, split, source, added_at, dhash as an
         unsigned 64-bit int, bytes, ext), oldest first."""

@@ -49,14 +49,20 @@ def warm_start(net: AdaptedNet, name: str, adapter_dir: str, classes: List[str],
     if config["method"] != params.method:
         return WarmStart(False, "the active adapter is %s, this job %s: trained from scratch"
                          % (config["method"], params.method))
-    source = name + ".warm"
+    source = name + "-warm"
     try:
         adapter_io.load_domain(net, adapter_dir, source)
-        net.domains[name].load_state_dict(net.domains[source].state_dict())
-    except (AgentError, RuntimeError) as exc:  # another backbone, other adapter settings
-        message = exc.message if isinstance(exc, AgentError) else str(exc).splitlines()[0]
-        return WarmStart(False, "the active adapter does not fit this job (%s): trained "
-                                "from scratch" % message[:200])
+        loaded, target = net.domains[source].state_dict(), net.domains[name].state_dict()
+        # checked first: load_state_dict copies the tensors that fit before it complains
+        differ = sorted(k for k in set(loaded) | set(target) if k not in loaded
+                        or k not in target or loaded[k].shape != target[k].shape)
+        if differ:
+            return WarmStart(False, "the active adapter does not fit this job (tensors %s "
+                                    "differ): trained from scratch" % ", ".join(differ[:3]))
+        net.domains[name].load_state_dict(loaded)
+    except AgentError as exc:  # another backbone, a damaged file
+        return WarmStart(False, "the active adapter cannot be loaded (%s): trained from "
+                                "scratch" % exc.message[:200])
     finally:
         if source in net.domains:
             net.remove_domain(source)

@@ -39,7 +39,8 @@ def add_samples(domain: DomainName, store: StoreDep, settings: SettingsDep,
                                 settings.max_upload_mb << 20, limits.max_pixels)
     added = store.add_samples(domain, [NewSample(name, blob) for name, blob in
                                        zip(labels, images)], relabel, limits)
-    return dict(added._asdict(), domain=domain)
+    placed = store.splits_of(domain, added.ids)
+    return dict(added._asdict(), domain=domain, splits=[placed[h] for h in added.ids])
 
 
 @router.get("/domains/{domain}/dataset", response_model=DatasetStats,
