@@ -7,7 +7,7 @@ import os
 import socket
 
 import pytest
-from api_calls import call, multipart, png, train, wait_for, zip_of
+from api_calls import call, multipart, png, train, wait_for, wait_for_job, zip_of
 from PIL import Image
 from review_calls import fetch, noise_png, predict, queue, settle, working_set
 
@@ -143,7 +143,7 @@ def test_a_label_moves_the_image_into_the_samples(trained):
     images = [noise_png(seed) for seed in (600, 601, 602)]
     predict(base, images, DOMAIN)
     page = settle(base, kept + 3, DOMAIN)
-    newest, older = page["items"][0], page["items"][1]
+    newest = page["items"][0]
     before = working_set(data_dir, DOMAIN)
     prefix = "/v1/domains/%s/review/" % DOMAIN
     status, outcome = call(base, "POST", prefix + str(newest["id"]), {"label": "1"})
@@ -157,18 +157,66 @@ def test_a_label_moves_the_image_into_the_samples(trained):
     assert after["count"] == page["count"] - 1 and len(review_files(data_dir)) == after["count"]
     assert fetch(base, newest["image"])[0] == 404
     assert call(base, "POST", prefix + str(newest["id"]), {"label": "1"})[0] == 404
-    # a new class is a label too (the next job trains it)
-    status, outcome = call(base, "POST", prefix + str(older["id"]), {"label": "purple"})
-    assert status == 200 and outcome["sample_ids"] == [hashlib.sha256(images[1]).hexdigest()]
+
+
+def test_labelled_images_reach_the_next_jobs_snapshot(trained):
+    base, data_dir = trained
+    kept = queue(base, DOMAIN)["counters"]["kept"]
+    images = [noise_png(seed) for seed in (650, 651)]
+    predict(base, images, DOMAIN)
+    items = settle(base, kept + 2, DOMAIN)["items"][:2]
+    prefix = "/v1/domains/%s/review/" % DOMAIN
+    lines = set()
+    for item, label in zip(items, ("0", "2")):
+        status, outcome = call(base, "POST", prefix + str(item["id"]), {"label": label})
+        assert status == 200, outcome
+        lines.add((label, outcome["sample_ids"][0]))
+    reviewed = [h for h, (_, source) in working_set(data_dir, DOMAIN).items()
+                if source == "review"]
+    status, dataset = call(base, "GET", "/v1/domains/%s/dataset" % DOMAIN)
+    assert status == 200 and dataset["sources"]["review"] == len(reviewed) >= 3
+    status, created = call(base, "POST", "/v1/domains/%s/jobs" % DOMAIN,
+                           {"backbone": "resnet18", "epochs": 1, "batch_size": 4,
+                            "resolution": 32})
+    assert status == 202, created
+    job = wait_for_job(base, created["job_id"])
+    assert job["state"] == "succeeded" and job["snapshot_id"] == dataset["snapshot_id"]
+    manifest = os.path.join(data_dir, "domains", DOMAIN, "snapshots", job["snapshot_id"],
+                            "snapshot.tsv")
+    with open(manifest) as handle:
+        trained_lines = {tuple(line.split("\t")[1:]) for line in handle.read().splitlines()}
+    assert lines <= trained_lines  # (label, hash) of each labelled image
+    assert set(reviewed) <= {content_hash for _, content_hash in trained_lines}
+
+
+def test_a_new_class_and_refused_labels(trained):
+    base, data_dir = trained
+    prefix = "/v1/domains/%s/review/" % DOMAIN
+    kept = queue(base, DOMAIN)["counters"]["kept"]
+    images = [noise_png(seed) for seed in (700, 701)]
+    predict(base, images, DOMAIN)
+    newest, older = settle(base, kept + 2, DOMAIN)["items"][:2]
+    status, outcome = call(base, "POST", prefix + str(newest["id"]), {"label": "purple"})
+    assert status == 200 and outcome["action"] == "labelled", outcome
+    assert outcome["sample_ids"] == [hashlib.sha256(images[1]).hexdigest()]
     assert working_set(data_dir, DOMAIN)[outcome["sample_ids"][0]] == ("purple", "review")
     # labels the ImageFolder rules refuse: 400, the item stays queued, nothing added
-    third = queue(base, DOMAIN)["items"][0]
     samples = working_set(data_dir, DOMAIN)
     for label in ("..", ".hidden", "a/b", "a\\b", "x\n", " ", "con\x00"):
-        status, problem = call(base, "POST", prefix + str(third["id"]), {"label": label})
+        status, problem = call(base, "POST", prefix + str(older["id"]), {"label": label})
         assert status == 400 and problem["code"] == "invalid_input", (label, problem)
-    assert queue(base, DOMAIN)["items"][0] == third and working_set(data_dir, DOMAIN) == samples
-    assert fetch(base, third["image"])[2] == images[0]
+    assert queue(base, DOMAIN)["items"][0] == older and working_set(data_dir, DOMAIN) == samples
+    assert fetch(base, older["image"])[2] == images[0]
+    # an image the working set holds under another label (0/0.png of the trained archive):
+    # 409 and the item stays queued; under its own label it is a duplicate, stored once
+    predict(base, [png((220, 30, 30))], DOMAIN)
+    item = settle(base, kept + 3, DOMAIN)["items"][0]
+    status, problem = call(base, "POST", prefix + str(item["id"]), {"label": "1"})
+    assert status == 409 and problem["code"] == "conflict", problem
+    assert queue(base, DOMAIN)["items"][0] == item
+    status, outcome = call(base, "POST", prefix + str(item["id"]), {"label": "0"})
+    assert status == 200 and outcome["duplicates"] == 1, outcome
+    assert working_set(data_dir, DOMAIN)[outcome["sample_ids"][0]] == ("0", "archive")
 
 
 def test_hostile_ids_and_bodies_change_nothing(trained):

@@ -388,6 +388,8 @@ class DatasetStats(BaseModel):
                                          "imbalance_ratio, near_duplicate_bits, "
                                          "near_duplicate_max_pairs_checked")
     near_duplicates_checked: int = Field(..., description="train/val pairs compared")
+
+
 # The review queue of doubtful predictions (issue 14): settings, the queue, a decision.
 class ReviewSettingsUpdate(BaseModel):
     """A domain's review settings; a field left out keeps its current value."""
