@@ -3,6 +3,7 @@ daemon's caps, predictions under the threshold queued with their top-3, the queu
 count and byte bounds (the oldest dropped, their files too), discarding, hostile ids and
 bodies, the token; and the store's bounds on their own."""
 import hashlib
+import io
 import os
 import socket
 
@@ -327,3 +328,53 @@ def test_the_store_drops_the_oldest_items_over_either_bound(tmp_path):
     store.ensure_domain("d")
     assert store.review_totals("d") == (0, 0) and store.review_items("d", 10) == []
     store.close()
+
+
+def _keeper(tmp_path):
+    from device_agent.api.review_keeper import ReviewCaps, ReviewKeeper
+    from device_agent.store.db import Store
+    from device_agent.store.layout import DataPaths
+
+    store = Store(str(tmp_path / "agent.db"))
+    store.ensure_domain("d")
+    store.set_review_settings("d", store.review_settings("d")._replace(enabled=True))
+    return ReviewKeeper(store, DataPaths(str(tmp_path)), ReviewCaps(1000, 256 << 20))
+
+
+def test_offers_are_bounded_while_the_keeper_is_behind_and_never_raise(tmp_path):
+    from device_agent.api.review_keeper import PENDING_BYTES
+
+    keeper = _keeper(tmp_path)  # its thread not started: nothing is written meanwhile
+    blob = b"\0" * (1 << 20)  # offer() filters and queues; it decodes nothing
+    doubtful = [[{"class": "a", "probability": 0.45}, {"class": "b", "probability": 0.3},
+                 {"class": "c", "probability": 0.25}]]  # under the default threshold 0.5
+    sure = [[{"class": "a", "probability": 0.9}, {"class": "b", "probability": 0.1}]]
+    assert keeper.offer("d", 1, [blob], sure) == 0
+    queued = sum(keeper.offer("d", 1, [blob], doubtful) for _ in range(40))
+    assert queued == PENDING_BYTES >> 20
+    assert keeper.counters("d")["skipped_busy"] == 40 - queued
+    keeper.store.close()  # a store that fails: the offer says 0, counts it, raises nothing
+    assert keeper.offer("d", 1, [blob], doubtful) == 0
+    assert keeper.counters("d")["failed"] == 1
+
+
+def test_kept_images_are_as_received_when_small_and_re_encoded_when_not():
+    from device_agent.api.review_keeper import MAX_SIDE, normalized
+
+    def encoded(size, kind, mode="RGB"):
+        buffer = io.BytesIO()
+        Image.new(mode, size, 120).save(buffer, kind)
+        return buffer.getvalue()
+
+    small = encoded((40, 30), "PNG")
+    assert normalized(small) == (small, "image/png", ".png")
+    photo = encoded((64, 48), "JPEG")
+    assert normalized(photo) == (photo, "image/jpeg", ".jpg")
+    for blob in (encoded((3000, 1500), "PNG"), encoded((50, 50), "GIF", "P"),
+                 encoded((50, 50), "BMP"), encoded((2000, 2000), "JPEG")):
+        data, media_type, extension = normalized(blob)
+        with Image.open(io.BytesIO(data)) as image:
+            assert image.format == "JPEG" and max(image.size) <= MAX_SIDE
+            assert (media_type, extension) == ("image/jpeg", ".jpg")
+    with Image.open(io.BytesIO(normalized(encoded((3000, 1500), "PNG"))[0])) as image:
+        assert image.size == (MAX_SIDE, MAX_SIDE // 2)  # the aspect ratio kept
