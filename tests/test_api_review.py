@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import socket
+import urllib.request
 
 import pytest
 from api_calls import call, multipart, png, train, wait_for, wait_for_job, zip_of
@@ -378,3 +379,21 @@ def test_kept_images_are_as_received_when_small_and_re_encoded_when_not():
             assert (media_type, extension) == ("image/jpeg", ".jpg")
     with Image.open(io.BytesIO(normalized(encoded((3000, 1500), "PNG"))[0])) as image:
         assert image.size == (MAX_SIDE, MAX_SIDE // 2)  # the aspect ratio kept
+
+
+def test_the_review_page_is_served_offline_with_its_own_policy(server):
+    base, _ = server
+    status, media_type, html = fetch(base, "/review", token=None)  # the page holds no data
+    assert status == 200 and media_type.startswith("text/html")
+    status, media_type, script = fetch(base, "/review.js", token=None)
+    assert status == 200 and media_type.startswith("application/javascript")
+    for text in (html.decode(), script.decode()):
+        assert "http://" not in text and "https://" not in text  # no CDN
+    assert '<script src="/review.js">' in html.decode()
+    with urllib.request.urlopen(base + "/review", timeout=30) as response:
+        headers = response.headers
+    policy = headers["Content-Security-Policy"]
+    assert policy.startswith("default-src 'self'") and "img-src 'self' data: blob:" in policy
+    assert policy.endswith("frame-ancestors 'none'") and headers["X-Frame-Options"] == "DENY"
+    status, _, dashboard = fetch(base, "/dashboard", token=None)
+    assert b'href="/review"' in dashboard  # the dashboard links to it
