@@ -34,8 +34,10 @@ fi
 echo "API side on $("$VENV/bin/python" --version) with pinned deps; worker on $WORKER_PYTHON" >&2
 cd "$ROOT"
 # tests/test_api_*.py: one file per router (the glob takes a new one in)
+# tests/test_samples.py: the data loop's working set in the store (issue 14)
 DEVICE_AGENT_WORKER_PYTHON="$WORKER_PYTHON" PYTHONPATH="$ROOT" "$VENV/bin/python" -m pytest -q \
   -p no:cacheprovider tests/test_api_*.py tests/test_telemetry.py tests/test_store.py \
   tests/test_datasets.py tests/test_protocol.py tests/test_docs_offline.py tests/test_client.py \
   tests/test_staying_up.py tests/test_bounded_input.py tests/test_boundaries.py \
-  tests/test_jobspec.py "$@"
+  tests/test_jobspec.py \
+  tests/test_samples.py "$@"

@@ -159,8 +159,13 @@ def layouts():
     yield "names differing by case", zip_of(merge(
         {"Cat/%d.png" % i: png() for i in range(3)},
         {"cat/%d.png" % i: png((9, 9, 9)) for i in range(3)})), "a.zip", "accepted"
-    yield "a thousand classes", zip_of({"class-%04d/0.png" % i: png((i % 255, 0, 0))
+    yield "a thousand classes", zip_of({"class-%04d/0.png" % i: png((i % 256, i // 256, 0))
                                         for i in range(1000)}), "a.zip", "accepted"
+    # issue 14: an image has one label in the working set; the later class's copy is left out
+    yield "one image in two classes", zip_of({"a/0.png": png((1, 1, 1)), "b/0.png": png((1, 1, 1)),
+                                              "a/1.png": png((2, 2, 2)),
+                                              "b/1.png": png((3, 3, 3))}), \
+        "a.zip", "rejected:train/b/0.png"
 
 
 def corpus():

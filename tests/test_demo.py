@@ -25,6 +25,10 @@ def test_the_demo_domain_is_seeded_once(tmp_path):
     assert sum(counts["train"].values()) + sum(counts["val"].values()) == 1797  # UCI digits
     jobs = store.list_jobs(DEMO_DOMAIN)
     assert [j["state"] for j in jobs] == ["queued"] and jobs[0]["params"] == DEMO_JOB
+    assert jobs[0]["dataset_id"] is None  # issue 14: it trains the working set
+    working = store.working_set(DEMO_DOMAIN)  # the same images, each once, splits kept
+    assert {r["source"] for r in working} == {"archive"} and 1700 < len(working) <= 1797
+    assert {r["split"] for r in working} == {"train", "val"}
     assert seed_demo_domain(store, paths) is False  # a restart does not queue it again
     assert len(store.list_jobs(DEMO_DOMAIN)) == 1
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("demo-")] == []

@@ -10,6 +10,7 @@ from device_agent.demo import DEMO_DOMAIN, write_digits_folder
 from device_agent.jobspec import DEFAULT_BACKBONE, DEFAULT_METHOD, TrainParams
 from device_agent.store import datasets
 from device_agent.store.db import Store
+from device_agent.store.files import DomainFiles
 from device_agent.store.layout import DataPaths
 
 DEMO_JOB = {"method": DEFAULT_METHOD, "backbone": DEFAULT_BACKBONE, "epochs": 4,
@@ -28,11 +29,10 @@ def seed_demo_domain(store: Store, paths: DataPaths) -> bool:
         archive = os.path.join(scratch, "digits.tar")
         with tarfile.open(archive, "w") as tar:
             tar.add(folder, arcname="digits")
-        target = os.path.join(paths.datasets(DEMO_DOMAIN), "demo")
-        summary = datasets.ingest(archive, target, datasets.Limits())
+        with open(archive, "rb") as upload:  # as an upload: into the working set too
+            DomainFiles(store, paths).add_dataset(DEMO_DOMAIN, upload,
+                                                  os.path.getsize(archive), datasets.Limits())
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    store.ensure_domain(DEMO_DOMAIN)
-    dataset_id = store.add_dataset(DEMO_DOMAIN, target, summary)
-    store.enqueue_job(DEMO_DOMAIN, dataset_id, dict(DEMO_JOB))
+    store.enqueue_job(DEMO_DOMAIN, None, dict(DEMO_JOB))  # trains the working set
     return True

@@ -384,7 +384,7 @@ class DatasetStats(BaseModel):
                                                      "images")
     classes: List[ClassCount] = Field(..., description="per class, sorted by name")
     warnings: List[DatasetWarning] = Field(..., description="what may make training poor")
-    thresholds: Dict[str, float] = Field(..., description="min_images_per_class, "
+    thresholds: Dict[str, Union[int, float]] = Field(..., description="min_images_per_class, "
                                          "imbalance_ratio, near_duplicate_bits, "
                                          "near_duplicate_max_pairs_checked")
     near_duplicates_checked: int = Field(..., description="train/val pairs compared")

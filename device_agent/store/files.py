@@ -54,7 +54,9 @@ class DomainFiles(object):
             os.rename(staged, target)
 
         try:
-            checked = samples.archive_samples(staged, summary, limits.max_pixels)
+            checked, contradictions = samples.drop_contradictions(
+                samples.archive_samples(staged, summary, limits.max_pixels), staged)
+            summary["rejected"] = list(summary["rejected"]) + contradictions
             added, dataset_id = self.store.store_samples(
                 domain, checked, relabel, dataset=(target, summary), prepare=move_into_place)
         except BaseException:

@@ -170,6 +170,23 @@ def archive_samples(root: str, summary: Dict[str, object],
     return checked
 
 
+def drop_contradictions(checked: List[CheckedSample],
+                        root: str) -> Tuple[List[CheckedSample], List[Dict[str, str]]]:
+    """An archive's samples without the images it also has under another class (one image
+    has one label in a working set): the first one kept, the others listed as rejected
+    (``file`` relative to ``root``), as an archive's unusable files are."""
+    first = {}  # type: Dict[str, CheckedSample]
+    kept, rejected = [], []
+    for sample in checked:
+        seen = first.setdefault(sample.hash, sample)
+        if seen.label != sample.label:
+            rejected.append({"file": os.path.relpath(str(sample.path), root),
+                             "reason": "the same image is in class %r too" % seen.label})
+        else:
+            kept.append(sample)
+    return kept, rejected
+
+
 def _unique(checked: Iterable[CheckedSample]) -> Dict[str, CheckedSample]:
     """The first sample of each hash; InvalidInput when one image comes with two labels."""
     first = {}  # type: Dict[str, CheckedSample]

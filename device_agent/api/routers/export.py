@@ -1,6 +1,7 @@
 """A domain's adapter version as a deployable ONNX bundle (one zip). The export itself runs
 in the torch worker (the API never imports torch), which caches it by the adapter's
 content: a new version, an activation or a rollback gets the matching export."""
+import os
 from typing import Dict, Optional
 
 from fastapi import APIRouter, Query
@@ -9,7 +10,6 @@ from fastapi.responses import Response
 from device_agent.api.deps import DomainFilesDep, DomainName, StoreDep, SupervisorDep
 from device_agent.errors import Conflict, InvalidInput, UnknownName
 from device_agent.jobspec import PARAM_BY_NAME
-from device_agent.store import snapshots
 from device_agent.store.files import zip_files
 
 router = APIRouter(tags=["adapters"])
@@ -65,9 +65,9 @@ def _parity_source(store, adapter: Dict[str, object]) -> Dict[str, object]:
     if not adapter.get("job_id"):
         return {}
     job = store.get_job(adapter["job_id"])
-    if job.get("snapshot_id"):  # issue 14: the snapshot it trained, val/ as it was
-        directory = snapshots.materialized(store.data_paths.snapshots(job["domain"]),
-                                           job["snapshot_id"])
+    if job.get("snapshot_id"):  # issue 14: the snapshot it trained, val/ as it was (a
+        # snapshot removed by hand is a missing directory: synthetic images, as for a dataset)
+        directory = os.path.join(store.data_paths.snapshots(job["domain"]), job["snapshot_id"])
     elif job.get("dataset_id") is not None:
         directory = store.get_dataset(job["dataset_id"])["path"]
     else:
