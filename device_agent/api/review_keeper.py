@@ -22,7 +22,7 @@ import queue
 import threading
 import uuid
 from collections import Counter, defaultdict
-from typing import Dict, List, NamedTuple, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from device_agent import atomic
 from device_agent.errors import UnknownName
@@ -92,12 +92,12 @@ class ReviewKeeper(object):
         self.store = store
         self.paths = paths
         self.caps = caps
-        self._offers = queue.Queue()  # type: queue.Queue
+        self._offers: "queue.Queue[Optional[Offer]]" = queue.Queue()  # None: stop
         self._pending = 0
         self._lock = threading.Lock()  # _pending and the counters
         self._decide = threading.Lock()  # one label or discard at a time
-        self._counters = defaultdict(Counter)  # type: Dict[str, Counter]
-        self._thread = None  # type: Optional[threading.Thread]
+        self._counters: Dict[str, Counter] = defaultdict(Counter)
+        self._thread: Optional[threading.Thread] = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="review-keeper", daemon=True)
