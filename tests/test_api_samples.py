@@ -9,7 +9,7 @@ import struct
 import zlib
 
 import pytest
-from api_calls import TOKEN, add_samples, call, multipart, wait_for, wait_for_job, zip_of
+from api_calls import add_samples, call, multipart, wait_for, wait_for_job, zip_of
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -96,16 +96,9 @@ def test_a_split_never_moves(server):
     files["train/green/a.png"] = more[0]
     status, summary = upload_archive(base, "steady", files)
     assert status == 201 and summary["layout"] == "train/val", summary
-    splits = call(base, "POST", "/v1/domains/steady/samples", *_form(new + [known_train]))[1]
-    assert splits["splits"] == ["train"] * 3 + ["val"] * 3 + ["train"]
-
-
-def _form(images):
-    from api_calls import form
-
-    body, content_type = form([("file", ("%d.png" % i, b)) for i, b in enumerate(images)],
-                              [("label", "grey")])
-    return body, TOKEN, content_type
+    status, placed_now = add_samples(base, "steady", new + [known_train], ["grey"])
+    assert status == 201 and placed_now["duplicates"] == 7  # all there: where are they?
+    assert placed_now["splits"] == ["train"] * 3 + ["val"] * 3 + ["train"]
 
 
 def _manifest(data_dir, domain, snapshot):
