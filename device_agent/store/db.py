@@ -4,8 +4,8 @@
 kept by one mixin per seam, each over the same connections (:mod:`.database`: connections,
 schema, migrations): domains and datasets (:mod:`.domains`), the job queue and each job's
 events and telemetry summary (:mod:`.jobs`), adapter versions (:mod:`.versions`), the
-telemetry history (:mod:`.history`) and each domain's working set of samples
-(:mod:`.samples`, issue 14).
+telemetry history (:mod:`.history`), each domain's working set of samples
+(:mod:`.samples`, issue 14) and its review queue of doubtful predictions (:mod:`.review`).
 
 Mixins rather than a facade that forwards to parts: every method is written once, where its
 table is, and callers keep one object with the same methods (forwarding would list all 32
