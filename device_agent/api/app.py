@@ -22,10 +22,20 @@ from device_agent.api.limits import BodyLimit, is_upload
 from device_agent.api.metrics import Metrics
 from device_agent.api.problems import problem
 from device_agent.api.readiness import StoreCheck
-from device_agent.api.routers import dashboard, datasets, domains, export, jobs, system, telemetry
+from device_agent.api.routers import (
+    capture,
+    dashboard,
+    datasets,
+    domains,
+    export,
+    jobs,
+    system,
+    telemetry,
+)
 from device_agent.api.schemas import ERROR_RESPONSES
 from device_agent.api.settings import Settings
 from device_agent.api.timing import RequestTiming
+from device_agent.capture.sessions import Captures, sample_writer
 from device_agent.cpu_budget import THREADS_ENV
 from device_agent.daemon.runner import JobRunner
 from device_agent.daemon.supervisor import WorkerSupervisor
@@ -85,12 +95,16 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.store_check = StoreCheck(store, paths.root)
         # the threads /healthz watches: dead or stuck, the orchestrator restarts the daemon
         app.state.heartbeats = [supervisor.heartbeat, runner.heartbeat, sampler.heartbeat]
+        # capture (issue 14): sessions stop with the daemon (their stored frames stay)
+        os.makedirs(paths.videos, mode=0o700, exist_ok=True)
+        app.state.captures = Captures(sample_writer(store), paths.videos)
         supervisor.start()
         runner.start()
         sampler.start()
         try:
             yield
         finally:
+            app.state.captures.stop_all()
             sampler.stop()
             runner.stop()
             supervisor.stop()
@@ -143,6 +157,9 @@ def create_app(settings: Settings) -> FastAPI:
     for router in (datasets.router, jobs.router, domains.router, telemetry.router, export.router):
         app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)],
                            responses=ERROR_RESPONSES)
+    # capture (issue 14)
+    app.include_router(capture.router, prefix="/v1", dependencies=[Depends(require_token)],
+                       responses=ERROR_RESPONSES)
     app.include_router(telemetry.metrics_router, dependencies=[Depends(require_token)]
                        if settings.metrics_require_token else [], responses=ERROR_RESPONSES)
     return app

@@ -19,6 +19,7 @@ from typing_extensions import Annotated  # typing's is 3.9+; pydantic 2 requires
 from device_agent.api.metrics import Metrics
 from device_agent.api.readiness import StoreCheck
 from device_agent.api.settings import Settings
+from device_agent.capture.sessions import Captures
 from device_agent.daemon.heartbeat import Heartbeat
 from device_agent.daemon.runner import JobRunner
 from device_agent.daemon.supervisor import WorkerSupervisor
@@ -57,3 +58,5 @@ SamplerDep = Annotated[Sampler, Depends(_from_state("sampler"))]
 MetricsDep = Annotated[Metrics, Depends(_from_state("metrics"))]
 HeartbeatsDep = Annotated[List[Heartbeat], Depends(get_heartbeats)]
 DomainName = Annotated[str, Depends(valid_domain)]
+# capture (issue 14)
+CapturesDep = Annotated[Captures, Depends(_from_state("captures"))]

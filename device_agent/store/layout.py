@@ -55,3 +55,9 @@ class DataPaths(object):
 
     def adapter(self, domain: str, job_id: str) -> str:
         return os.path.join(self.domain(domain), "adapters", job_id)
+
+    # capture (issue 14)
+    @property
+    def videos(self) -> str:
+        """Video files a capture may read (a source names one relative to this folder)."""
+        return os.path.join(self.root, "videos")
