@@ -6,7 +6,9 @@ directory entry is fsynced too, so the rename survives a power cut.
 """
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from typing import Any
 
 
@@ -42,3 +44,24 @@ def write_bytes(path: str, data: bytes, mode: int = 0o644) -> None:
 def write_json(path: str, value: Any, mode: int = 0o644) -> None:
     text = json.dumps(value, indent=2, sort_keys=True) + "\n"
     write_bytes(path, text.encode("utf-8"), mode)
+
+
+def link_or_copy(source: str, path: str) -> None:
+    """``path`` becomes the same bytes as ``source``, atomically: a hard link (no second copy
+    on disk) where the file system allows one, else an fsynced copy; made under a temporary
+    name and renamed into place, so a reader never sees a half-copied file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, ".tmp-%s-%s" % (uuid.uuid4().hex[:12], os.path.basename(path)))
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:  # another file system, or one without links (FAT on an SD card)
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise

@@ -122,3 +122,27 @@ def train(base, domain, folder, **params):
     status, created = call(base, "POST", "/v1/domains/%s/jobs" % domain, job)
     assert status == 202, created
     return wait_for_job(base, created["job_id"])
+
+
+# --- the data loop (issue 14) -------------------------------------------------------------
+
+def form(files, fields=()):
+    """A multipart body of ``files`` [(name, (filename, bytes))] and plain ``fields``
+    [(name, text)], in that order; (body, content type)."""
+    boundary = uuid.uuid4().hex
+    parts = [("--%s\r\nContent-Disposition: form-data; name=\"%s\"; filename=\"%s\"\r\n"
+              "Content-Type: application/octet-stream\r\n\r\n" % (boundary, name, filename)
+              ).encode() + data + b"\r\n" for name, (filename, data) in files]
+    parts += [("--%s\r\nContent-Disposition: form-data; name=\"%s\"\r\n\r\n" % (boundary, name)
+               ).encode() + text.encode("utf-8") + b"\r\n" for name, text in fields]
+    body = b"".join(parts) + ("--%s--\r\n" % boundary).encode()
+    return body, "multipart/form-data; boundary=" + boundary
+
+
+def add_samples(base, domain, images, labels, relabel=False, token=TOKEN):
+    """POST images (bytes) with their label(s) to the domain's samples; (status, body)."""
+    body, content_type = form([("file", ("%d.png" % i, data)) for i, data in enumerate(images)],
+                              [("label", label) for label in labels])
+    return call(base, "POST", "/v1/domains/%s/samples%s" % (domain, "?relabel=true" if relabel
+                                                               else ""),
+                body, token=token, content_type=content_type)

@@ -12,6 +12,8 @@ import live_daemon
 import pytest
 from api_calls import TOKEN, call, wait_for
 
+from device_agent.store.db import Store
+
 pytest.importorskip("fastapi")
 try:
     import cv2
@@ -115,17 +117,16 @@ def test_a_capture_stores_the_asked_count_with_its_label(videos):
     colours = [colour for _, colour in images.values()]
     for expected in COLOURS[:6]:  # interval 0: the first six frames, one sample each
         assert sum(near(c, expected) for c in colours) == 1, (expected, colours)
-    status, dataset = call(base, "GET", "/v1/domains/walk/dataset")
-    assert status == 200, dataset
-    assert dataset_count(dataset, "red") == 6
+    assert working_set_labels(data_dir, "walk") == [("red", "capture")] * 6
 
 
-def dataset_count(dataset, label):
-    """Images of ``label`` in a GET /v1/domains/{d}/dataset answer, all splits together."""
-    classes = dataset["classes"]
-    row = classes[label] if isinstance(classes, dict) else next(
-        c for c in classes if c.get("label", c.get("name")) == label)
-    return row["total"] if "total" in row else sum(row.get(s, 0) for s in ("train", "val"))
+def working_set_labels(data_dir, domain):
+    """(label, source) of each sample of the domain's working set, read from its store."""
+    store = Store(os.path.join(data_dir, "agent.db"))
+    try:
+        return [(row["label"], row["source"]) for row in store.working_set(domain)]
+    finally:
+        store.close()
 
 
 @needs_cv2
@@ -195,6 +196,7 @@ def test_a_hostile_source_is_refused_and_nothing_is_stored(videos, source):
     assert 400 <= status < 500 and kind == "application/problem+json"
     assert call(base, "GET", "/v1/domains/hostile/capture")[0] == 404  # no session began
     assert stored_images(data_dir, "hostile") == {}
+    assert working_set_labels(data_dir, "hostile") == []
 
 
 @needs_cv2

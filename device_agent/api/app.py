@@ -22,16 +22,9 @@ from device_agent.api.limits import BodyLimit, is_upload
 from device_agent.api.metrics import Metrics
 from device_agent.api.problems import problem
 from device_agent.api.readiness import StoreCheck
-from device_agent.api.routers import (
-    capture,
-    dashboard,
-    datasets,
-    domains,
-    export,
-    jobs,
-    system,
-    telemetry,
-)
+from device_agent.api.routers import dashboard, datasets, domains, export, jobs, system, telemetry
+from device_agent.api.routers.capture import router as capture_router  # capture (issue 14)
+from device_agent.api.routers.samples import router as samples_router  # issue 14's data loop
 from device_agent.api.schemas import ERROR_RESPONSES
 from device_agent.api.settings import Settings
 from device_agent.api.timing import RequestTiming
@@ -71,6 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         store = _open_store(paths)
+        store.sample_limits = datasets.archive_limits(settings)  # every add_samples caller
         runner = JobRunner(store, paths, stuck_after_s=settings.stuck_after_s)
         runner.recover()  # jobs a crash left running: promoted, or resumed from checkpoints
         if settings.demo:
@@ -157,8 +151,11 @@ def create_app(settings: Settings) -> FastAPI:
     for router in (datasets.router, jobs.router, domains.router, telemetry.router, export.router):
         app.include_router(router, prefix="/v1", dependencies=[Depends(require_token)],
                            responses=ERROR_RESPONSES)
+    # the data loop (issue 14): samples and the working set
+    app.include_router(samples_router, prefix="/v1", dependencies=[Depends(require_token)],
+                       responses=ERROR_RESPONSES)
     # capture (issue 14)
-    app.include_router(capture.router, prefix="/v1", dependencies=[Depends(require_token)],
+    app.include_router(capture_router, prefix="/v1", dependencies=[Depends(require_token)],
                        responses=ERROR_RESPONSES)
     app.include_router(telemetry.metrics_router, dependencies=[Depends(require_token)]
                        if settings.metrics_require_token else [], responses=ERROR_RESPONSES)

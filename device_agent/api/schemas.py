@@ -108,7 +108,9 @@ class ActivateRequest(BaseModel):
 
 
 class DatasetSummary(BaseModel):
-    dataset_id: int = Field(..., description="the stored dataset; jobs train on the latest")
+    dataset_id: int = Field(..., description="the stored archive (a job may name it with "
+                                             "?dataset_id=; by default jobs train the "
+                                             "working set its images joined)")
     domain: str = Field(..., description="the domain the dataset belongs to")
     classes: List[str] = Field(..., description="class names, sorted (the label order)")
     counts: Dict[str, Dict[str, int]] = Field(..., description="split -> class -> images")
@@ -116,6 +118,9 @@ class DatasetSummary(BaseModel):
                                                             "`file` and `reason`")
     layout: str = Field(..., description="\"train/val\" or \"class folders\" (then a seeded "
                                          "stratified split)")
+    added: int = Field(0, description="images new to the working set")
+    duplicates: int = Field(0, description="images the working set had already")
+    relabeled: int = Field(0, description="images that took this archive's label")
 
 
 class JobProgress(BaseModel):
@@ -223,7 +228,10 @@ class Job(BaseModel):
     domain: str = Field(..., description="the domain being trained")
     state: JobState = Field(..., description="queued -> running -> succeeded | failed | "
                                              "cancelled; interrupted (worker died) -> queued")
-    dataset_id: Optional[int] = Field(None, description="the dataset the job trains on")
+    dataset_id: Optional[int] = Field(None, description="the archive the job trains on; null: "
+                                                        "the domain's working set")
+    snapshot_id: Optional[str] = Field(None, description="the content-addressed snapshot it "
+                                                         "trains (fixed when it starts)")
     params: Dict[str, object] = Field(..., description="the JobRequest as accepted")
     created_at: float = Field(..., description="Unix time")
     started_at: Optional[float] = Field(None, description="Unix time of the last start")
@@ -246,6 +254,8 @@ class VersionInfo(BaseModel):
     version: int = Field(..., description="1, 2, ... in the order stored")
     created_at: float = Field(..., description="Unix time")
     job_id: Optional[str] = Field(None, description="null for an imported adapter")
+    snapshot_id: Optional[str] = Field(None, description="the snapshot its job trained (null: "
+                                                         "imported, or trained before them)")
     val_top1: Optional[float] = Field(None, description="its validation top-1, 0-1")
 
 
@@ -332,6 +342,49 @@ class TelemetrySample(BaseModel):
         default_factory=dict, description="the worker's figures: pid, rss_mb, job_id and, "
                                           "on CUDA, cuda_allocated_mb/cuda_reserved_mb/"
                                           "cuda_peak_mb")
+
+
+# --- the data loop (issue 14): samples, the working set and its snapshots -------------------
+
+class SamplesAdded(BaseModel):
+    domain: str = Field(..., description="the domain (created with its first samples)")
+    added: int = Field(..., description="images new to the working set")
+    duplicates: int = Field(..., description="images it had already (the same bytes)")
+    relabeled: int = Field(0, description="images that took a new label (relabel=true)")
+    ids: List[str] = Field(..., description="each file's content hash (sha256 hex), in order")
+
+
+class ClassCount(BaseModel):
+    label: str = Field(..., description="the class name")
+    train: int = Field(..., description="images in train")
+    val: int = Field(..., description="images in val")
+    total: int = Field(..., description="train + val")
+
+
+class DatasetWarning(BaseModel):
+    kind: Literal["too_few_images", "imbalance", "near_duplicates", "no_train_images",
+                  "too_few_classes"] = Field(..., description="what is wrong")
+    message: str = Field(..., description="the warning in words")
+    classes: List[str] = Field(default_factory=list, description="the classes concerned")
+    pairs: List[Tuple[str, str]] = Field(default_factory=list, description="near_duplicates: "
+                                         "(train sha256, val sha256) pairs, at most 20")
+
+
+class DatasetStats(BaseModel):
+    domain: str = Field(..., description="the domain")
+    snapshot_id: Optional[str] = Field(None, description="the id a job starting now would "
+                                       "train (sha256 of the sorted split/label/hash lines); "
+                                       "null when the working set is empty")
+    total: int = Field(..., description="images in the working set")
+    splits: Dict[str, int] = Field(..., description="split -> images")
+    sources: Dict[str, int] = Field(..., description="upload, archive, capture, review -> "
+                                                     "images")
+    classes: List[ClassCount] = Field(..., description="per class, sorted by name")
+    warnings: List[DatasetWarning] = Field(..., description="what may make training poor")
+    thresholds: Dict[str, float] = Field(..., description="min_images_per_class, "
+                                         "imbalance_ratio, near_duplicate_bits, "
+                                         "near_duplicate_max_pairs_checked")
+    near_duplicates_checked: int = Field(..., description="train/val pairs compared")
 
 
 # --- capture from a camera or a video (issue 14) ----------------------------------------------

@@ -46,6 +46,7 @@ def job_view(record: Dict[str, object]) -> Dict[str, object]:
     final = report.to_dict() if report is not None else {}
     return {
         "id": record["id"], "domain": record["domain"], "dataset_id": record["dataset_id"],
+        "snapshot_id": record.get("snapshot_id"),
         "state": record["state"],
         "params": record["params"], "created_at": record["created_at"],
         "started_at": record["started_at"], "finished_at": record["finished_at"],
@@ -91,6 +92,7 @@ def domain_status(store: Store, domain: str) -> Dict[str, object]:
             "trainable_params": summary.get("trainable_params"),
             "trained_at": active["created_at"] if active else None,
             "versions": [{"version": v["version"], "created_at": v["created_at"],
-                          "job_id": v["job_id"], "val_top1": v["summary"].get("val_top1")}
+                          "job_id": v["job_id"], "val_top1": v["summary"].get("val_top1"),
+                          "snapshot_id": v.get("snapshot_id")}
                          for v in versions],
             "last_job": job_view(last) if last else None}

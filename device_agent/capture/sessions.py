@@ -209,7 +209,8 @@ class Session(object):
         self._add(grabbed=1)
         try:
             added = self._store_frame(self.domain, self.request.label, jpeg)
-        except InvalidInput as exc:  # this frame is refused; the next may pass
+        except (InvalidInput, Conflict) as exc:  # this frame is refused; the next may pass
+            # (Conflict: these very bytes are a sample of another label already)
             log.warning("capture into %s: a frame was refused: %s", self.domain, exc.message)
             self._add(failed=1)
             return

@@ -70,6 +70,32 @@ MIGRATIONS = [
     );
     CREATE INDEX telemetry_by_time ON telemetry(ts);
     """,
+    # 3, the data loop (issue 14): each domain's working set of samples (content-addressed:
+    # hash = sha256 of the image bytes, dhash = a 64-bit difference hash, signed as SQLite
+    # keeps it), what each archive brought, and the snapshot each job and version trained.
+    """
+    CREATE TABLE samples (
+        domain TEXT NOT NULL REFERENCES domains(name) ON DELETE CASCADE,
+        hash TEXT NOT NULL,
+        label TEXT NOT NULL,
+        split TEXT NOT NULL CHECK (split IN ('train', 'val')),
+        source TEXT NOT NULL,
+        added_at REAL NOT NULL,
+        dhash INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        ext TEXT NOT NULL,
+        PRIMARY KEY (domain, hash)
+    );
+    CREATE INDEX samples_by_class ON samples(domain, label, split);
+    CREATE TABLE dataset_samples (
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+        hash TEXT NOT NULL,
+        label TEXT NOT NULL,
+        PRIMARY KEY (dataset_id, hash)
+    );
+    ALTER TABLE jobs ADD COLUMN snapshot_id TEXT;
+    ALTER TABLE adapter_versions ADD COLUMN snapshot_id TEXT;
+    """,
 ]
 
 Record = Dict[str, object]

@@ -22,11 +22,18 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
-from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from device_agent.artifacts import unsafe_character
 from device_agent.errors import InvalidInput
-from device_agent.imagefolder import SPLITS, TRAIN, check_classes, is_hidden, is_image_name
+from device_agent.imagefolder import (
+    SPLITS,
+    TRAIN,
+    check_classes,
+    check_label,
+    is_hidden,
+    is_image_name,
+)
 
 CHUNK = 1 << 16
 MAX_NAME_BYTES = 255            # a path component, as file systems allow
@@ -277,14 +284,20 @@ def _copy_member(archive, member: Member, target: str, budget: List[int]) -> Non
                            % (member.name[:80], exc)) from exc
 
 
-def _image_problem(path: str, max_pixels: int) -> Optional[str]:
+def image_problem(source, max_pixels: int,
+                  inspect: Optional[Callable[[object], None]] = None) -> Optional[str]:
+    """Why the image at ``source`` (a path or a binary file) is unusable -- over the pixel
+    limit (from its header, before decoding), or not decodable to the end -- or None.
+    ``inspect`` sees the decoded image (one decode serves the check and, e.g., a hash)."""
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             if image.width * image.height > max_pixels:
                 return "image of %dx%d pixels is over the limit" % (image.width, image.height)
             image.load()
+            if inspect is not None:
+                inspect(image)
     except Image.DecompressionBombError:
         return "image dimensions are over the limit"
     except (OSError, ValueError, SyntaxError) as exc:
@@ -334,10 +347,12 @@ def _extract(archive, members: List[Member], staging: str, limits: Limits) -> Di
         if bad:  # a class name is shown everywhere: it must print as what it is
             raise InvalidInput("class name %r has a control or bidi character (%s)"
                                % (label[:40], bad))
-        declared.setdefault(split, set()).add(label)
         if is_hidden(label) or is_hidden(filename):
+            declared.setdefault(split, set()).add(label)
             rejected.append({"file": member.name, "reason": "hidden file"})
             continue
+        label = check_label(label)  # the samples' rule: one class, one name (NFC)
+        declared.setdefault(split, set()).add(label)
         if not is_image_name(filename):
             rejected.append({"file": member.name, "reason": "not an image file name"})
             continue
@@ -345,7 +360,7 @@ def _extract(archive, members: List[Member], staging: str, limits: Limits) -> Di
         os.makedirs(directory, exist_ok=True)
         target = os.path.join(directory, filename)
         _copy_member(archive, member, target, budget)
-        problem = _image_problem(target, limits.max_pixels)
+        problem = image_problem(target, limits.max_pixels)
         if problem:
             os.remove(target)
             rejected.append({"file": member.name, "reason": problem})

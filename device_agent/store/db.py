@@ -17,12 +17,14 @@ from device_agent.store.database import MIGRATIONS
 from device_agent.store.domains import DOMAIN_NAME, DomainRecords, check_domain_name
 from device_agent.store.history import TelemetryHistory
 from device_agent.store.jobs import JOB_STATES, MAX_ATTEMPTS, TRANSITIONS, JobQueue
+from device_agent.store.samples import SampleRecords  # the data loop (issue 14)
 from device_agent.store.versions import AdapterVersions
 
 __all__ = ["DOMAIN_NAME", "JOB_STATES", "MAX_ATTEMPTS", "MIGRATIONS", "TRANSITIONS", "Store",
            "check_domain_name"]
 
 
-class Store(DomainRecords, JobQueue, AdapterVersions, TelemetryHistory):
+class Store(DomainRecords, JobQueue, AdapterVersions, TelemetryHistory,
+            SampleRecords):
     """One SQLite database; safe to share between threads (see :class:`.database.Database`
     for how reads and writes are kept apart)."""

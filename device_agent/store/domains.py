@@ -25,6 +25,15 @@ def insert_domain(db: sqlite3.Connection, name: str) -> None:
                (name, time.time()))
 
 
+def insert_dataset(db: sqlite3.Connection, domain: str, path: str,
+                   summary: Dict[str, object]) -> int:
+    """Record a dataset inside the caller's transaction; its id."""
+    cursor = db.execute(
+        "INSERT INTO datasets (domain, created_at, path, summary) VALUES (?, ?, ?, ?)",
+        (domain, time.time(), path, json.dumps(summary)))
+    return int(cursor.lastrowid)
+
+
 def find_domain(database: Database, name: str) -> Record:
     """The domain's record; UnknownName when there is none."""
     return as_record(database._one("domains", "name", name, "domain"))
@@ -67,10 +76,7 @@ class DomainRecords(Database):
         with self._transaction() as db:
             if create_domain:
                 insert_domain(db, domain)
-            cursor = db.execute(
-                "INSERT INTO datasets (domain, created_at, path, summary) VALUES (?, ?, ?, ?)",
-                (domain, time.time(), path, json.dumps(summary)))
-            return int(cursor.lastrowid)
+            return insert_dataset(db, domain, path, summary)
 
     def get_dataset(self, dataset_id: int) -> Record:
         return as_record(self._one("datasets", "id", dataset_id, "dataset"), ("summary",))

@@ -16,7 +16,7 @@ from typing import BinaryIO, Callable, Dict, Sequence
 
 from device_agent import artifacts, atomic
 from device_agent.errors import InvalidInput, PayloadTooLarge
-from device_agent.store import datasets
+from device_agent.store import datasets, samples
 from device_agent.store.database import Record
 from device_agent.store.db import Store, check_domain_name
 from device_agent.store.layout import DataPaths
@@ -31,9 +31,11 @@ class DomainFiles(object):
         self.paths = paths
 
     def add_dataset(self, domain: str, upload: BinaryIO, max_bytes: int,
-                    limits: datasets.Limits) -> Dict[str, object]:
-        """Copy the uploaded archive (at most ``max_bytes``), unpack it and record it as the
-        domain's newest dataset, creating the domain with it. Returns its summary."""
+                    limits: datasets.Limits, relabel: bool = False) -> Dict[str, object]:
+        """Copy the uploaded archive (at most ``max_bytes``), unpack it, record it as the
+        domain's newest dataset and merge its images into the working set (linked, not
+        copied), creating the domain with it; all in one step under the domain's lock.
+        Returns its summary with what the merge added."""
         check_domain_name(domain)
         os.makedirs(self.paths.uploads, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=self.paths.uploads)
@@ -46,16 +48,21 @@ class DomainFiles(object):
         finally:
             os.unlink(temporary)
         target = os.path.join(self.paths.datasets(domain), uuid.uuid4().hex[:12])
+
+        def move_into_place() -> None:  # under the lock: one step against a DELETE
+            os.makedirs(self.paths.datasets(domain), exist_ok=True)
+            os.rename(staged, target)
+
         try:
-            with domain_lock(domain):  # the move and the record, as one step against DELETE
-                os.makedirs(self.paths.datasets(domain), exist_ok=True)
-                os.rename(staged, target)
-                dataset_id = self.store.add_dataset(domain, target, summary, create_domain=True)
+            checked = samples.archive_samples(staged, summary, limits.max_pixels)
+            added, dataset_id = self.store.store_samples(
+                domain, checked, relabel, dataset=(target, summary), prepare=move_into_place)
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
             shutil.rmtree(target, ignore_errors=True)
             raise
-        return dict(summary, dataset_id=dataset_id, domain=domain)
+        return dict(summary, dataset_id=dataset_id, domain=domain, added=added.added,
+                    duplicates=added.duplicates, relabeled=added.relabeled)
 
     def delete_domain(self, domain: str) -> None:
         """The domain's records, then its datasets and adapters (not while an upload or an

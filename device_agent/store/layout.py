@@ -56,6 +56,16 @@ class DataPaths(object):
     def adapter(self, domain: str, job_id: str) -> str:
         return os.path.join(self.domain(domain), "adapters", job_id)
 
+    # --- the data loop (issue 14): the working set's images and its snapshots ---------------
+
+    def samples(self, domain: str) -> str:
+        """The domain's images, content-addressed: ``<sha256[:2]>/<sha256><ext>``."""
+        return os.path.join(self.domain(domain), "samples")
+
+    def snapshots(self, domain: str) -> str:
+        """The domain's immutable training snapshots, one ImageFolder per id."""
+        return os.path.join(self.domain(domain), "snapshots")
+
     # capture (issue 14)
     @property
     def videos(self) -> str:
