@@ -47,7 +47,7 @@ def stop_capture(domain: DomainName, captures: CapturesDep) -> dict:
 
 
 @router.get("/domains/{domain}/capture/preview", response_class=Response,
-            responses=dict(NOT_INSTALLED, **{200: {"content": {"image/jpeg": {}}}}),
+            responses={200: {"content": {"image/jpeg": {}}}, **NOT_INSTALLED},
             summary="a frame to aim the camera by (JPEG, at the stored size)")
 def capture_preview(domain: DomainName, store: StoreDep, captures: CapturesDep,
                     source: Optional[str] = Query(
