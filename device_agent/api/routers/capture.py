@@ -10,13 +10,14 @@ from typing import Optional
 from fastapi import APIRouter, Query, Response
 
 from device_agent.api.deps import CapturesDep, DomainName, StoreDep
-from device_agent.api.schemas import CaptureProgress, CaptureStart
+from device_agent.api.schemas import CaptureProgress, CaptureStart, Problem
 from device_agent.capture import frames, sessions
 from device_agent.capture.sources import MAX_SOURCE_CHARS, parse_source
 from device_agent.imagefolder import check_label
 
 router = APIRouter(tags=["capture"])
-NOT_INSTALLED = {501: {"description": "OpenCV (or, for csi://, its GStreamer support) is "
+NOT_INSTALLED = {501: {"model": Problem, "content": {"application/problem+json": {}},
+                       "description": "OpenCV (or, for csi://, its GStreamer support) is "
                                       "not installed"}}
 
 
