@@ -215,6 +215,18 @@ def test_bad_labels_counts_and_intervals_are_refused(videos, fields):
     assert stored_images(data_dir, "strict") == {}
 
 
+@pytest.mark.skipif(os.path.exists("/dev/video63"), reason="this machine has a /dev/video63")
+def test_the_refusals_name_the_allowed_cameras_and_a_missing_one(server):
+    """/dev/videoN survives the error bodies' path hiding; a missing camera is a 404 with
+    no session begun."""
+    base, _ = server
+    status, refused = capture(base, "cams", source="/dev/sda", label="x", count=1)
+    assert status == 400 and "/dev/video0../dev/video63" in refused["detail"], refused
+    status, refused = capture(base, "cams", source="/dev/video63", label="x", count=1)
+    assert status == 404 and "no camera at /dev/video63" in refused["detail"], refused
+    assert call(base, "GET", "/v1/domains/cams/capture")[0] == 404
+
+
 def test_a_non_finite_interval_is_refused(server):
     base, _ = server
     body = b'{"source": "walk.avi", "label": "x", "count": 1, "interval": NaN}'

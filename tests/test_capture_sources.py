@@ -126,3 +126,12 @@ class FakeStore(object):
 ])
 def test_working_size(summary, size):
     assert sessions.working_size(FakeStore(summary), "d") == size
+
+
+@pytest.mark.skipif(os.path.exists("/dev/video63"), reason="this machine has a /dev/video63")
+def test_a_camera_that_is_not_there_is_not_found_before_it_is_opened(videos):
+    from device_agent.capture.sources import check_present
+
+    with pytest.raises(UnknownName, match="no camera at /dev/video63"):
+        check_present(parse_source("/dev/video63", videos))
+    check_present(parse_source("csi://0", videos))  # known only to Argus: its open says

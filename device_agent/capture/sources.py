@@ -102,6 +102,14 @@ def _v4l2(text: str) -> Source:
     return Source("v4l2", int(match.group(1)), "V4L2", text)
 
 
+def check_present(source: Source) -> None:
+    """UnknownName (404) for a V4L2 camera whose device node is not there, before a capture
+    starts (a stat, not an open). A CSI camera is known only to the Argus daemon, an RTSP one
+    only to the network: those say so when their capture opens them."""
+    if source.kind == "v4l2" and not os.path.exists("/dev/video%d" % source.target):
+        raise UnknownName("no camera at /dev/video%d (ls /dev/video*)" % source.target)
+
+
 def _csi(text: str) -> Source:
     match = CSI.fullmatch(text)
     if not match or int(match.group(1)) > MAX_CSI_SENSOR:

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Response
 from device_agent.api.deps import CapturesDep, DomainName, StoreDep
 from device_agent.api.schemas import CaptureProgress, CaptureStart, Problem
 from device_agent.capture import frames, sessions
-from device_agent.capture.sources import MAX_SOURCE_CHARS, parse_source
+from device_agent.capture.sources import MAX_SOURCE_CHARS, check_present, parse_source
 from device_agent.imagefolder import check_label
 
 router = APIRouter(tags=["capture"])
@@ -29,6 +29,7 @@ def start_capture(domain: DomainName, body: CaptureStart, store: StoreDep,
     label = check_label(body.label)
     source = parse_source(body.source, captures.videos_dir)
     sessions.check_request(body.count, body.interval)
+    check_present(source)
     frames.load_cv2()
     request = sessions.CaptureRequest(source, label, body.count, body.interval)
     session = captures.start(domain, request, sessions.working_size(store, domain))
@@ -57,6 +58,8 @@ def capture_preview(domain: DomainName, store: StoreDep, captures: CapturesDep,
                                     "allowlist as a capture) opened for one frame")
                     ) -> Response:
     wanted = None if source is None else parse_source(source, captures.videos_dir)
+    if wanted is not None:
+        check_present(wanted)
     frames.load_cv2()
     jpeg = captures.preview(domain, wanted, sessions.working_size(store, domain))
     return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
