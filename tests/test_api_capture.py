@@ -272,3 +272,13 @@ def test_without_opencv_the_routes_say_how_to_install_it(no_opencv):
     assert capture(base, "d", source="/etc/passwd", label="x", count=1, interval=0)[0] == 400
     assert call(base, "GET", "/v1/domains/d/capture")[0] == 404
     assert call(base, "GET", "/healthz")[0] == 200  # the daemon is up
+
+
+def test_error_bodies_keep_camera_names_and_urls_but_hide_paths():
+    from device_agent.api.app import hide_paths
+
+    assert hide_paths("could not open rtsp://cam.local:554/live/main (no answer)") == \
+        "could not open rtsp://cam.local:554/live/main (no answer)"
+    assert hide_paths("no camera at /dev/video3") == "no camera at /dev/video3"
+    assert hide_paths("cannot read /var/lib/device-agent/videos/a.avi") == \
+        "cannot read a.avi"

@@ -43,9 +43,11 @@ log = logging.getLogger("device_agent.api")
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
               413: "payload_too_large", 415: "unsupported_media_type"}
 # An absolute path of two or more parts (a file in an error message): only its last part is
-# shown, so error bodies do not tell a caller where the data dir or the code lives. A camera's
-# /dev/videoN is kept whole (capture, issue 14): it says which camera, not where anything is.
-ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?!v1/|dev/video)(?:[^\s/'\":]+/)+([^\s/'\":]+)")
+# shown, so error bodies do not tell a caller where the data dir or the code lives. Kept
+# whole (capture, issue 14): a camera's /dev/videoN and a URL's "//host/path", which say
+# which camera, not where anything is.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.])(?<!:)(?<!:/)/(?!v1/|dev/video)"
+                           r"(?:[^\s/'\":]+/)+([^\s/'\":]+)")
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FORM_OVERHEAD = 1 << 16  # multipart headers around an upload of max_upload_mb
 

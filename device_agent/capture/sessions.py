@@ -18,7 +18,7 @@ from typing import Any, Callable, List, NamedTuple, Optional
 from device_agent import jobspec
 from device_agent.capture import frames
 from device_agent.capture.sources import Source
-from device_agent.errors import Conflict, InvalidInput, UnknownName
+from device_agent.errors import AgentError, Conflict, InvalidInput, UnknownName
 from device_agent.manifest import backbone_info
 from device_agent.store.samples import AddedSamples, NewSample
 
@@ -27,7 +27,8 @@ log = logging.getLogger("device_agent.capture")
 MAX_COUNT = 1000
 MAX_INTERVAL_S = 3600.0
 MAX_SPAN_S = 6 * 3600.0     # count x interval: a capture is a sitting, not a surveillance feed
-OPEN_ALLOWANCE_S = 120.0    # the wall time a session may take beyond count x interval
+OPEN_ALLOWANCE_S = 120.0    # the wall time a session may take beyond count x interval,
+FRAME_ALLOWANCE_S = 1.0     # and per frame (a 4K video decoded in software on a busy Nano)
 MAX_RUNNING = 4             # sessions at once, all domains together
 MAX_KEPT = 64               # finished sessions kept for GET (the oldest go first)
 MAX_MISSED_GRABS = 50       # a camera that gives nothing this many times in a row has stopped
@@ -154,22 +155,27 @@ class Session(object):
                 self._capture_from(capture)
             finally:
                 capture.release()
-            self._finish(STOPPED if self._stop.is_set() else SUCCEEDED, None)
+            complete = self._counts("grabbed") >= self.request.count
+            self._finish(SUCCEEDED if complete else STOPPED, None)
+        except AgentError as exc:  # a refusal or a source that gave out: said, no traceback
+            log.warning("capture into %s from %s failed: %s", self.domain,
+                        self.request.source.shown, exc.message)
+            self._finish(FAILED, exc.message)
         except Exception as exc:  # the session says why it stopped; the thread ends cleanly
             log.exception("capture into %s from %s failed", self.domain,
                           self.request.source.shown)
-            self._finish(FAILED, getattr(exc, "message", None) or "%s: %s"
-                         % (type(exc).__name__, exc))
+            self._finish(FAILED, "%s: %s" % (type(exc).__name__, exc))
 
     def _capture_from(self, capture: Any) -> None:
         clock = _Clock(self.request.source, capture, self.request.interval_s)
-        deadline = time.monotonic() + (self.request.count * self.request.interval_s
+        deadline = time.monotonic() + (self.request.count * (self.request.interval_s
+                                                             + FRAME_ALLOWANCE_S)
                                        + OPEN_ALLOWANCE_S)
         misses = 0
         while self._counts("grabbed") < self.request.count and not self._stop.is_set():
             if time.monotonic() > deadline:
-                raise InvalidInput("the capture took longer than count x interval + %ds"
-                                   % OPEN_ALLOWANCE_S)
+                raise InvalidInput("the capture took longer than count x (interval + %gs) "
+                                   "+ %gs" % (FRAME_ALLOWANCE_S, OPEN_ALLOWANCE_S))
             if not capture.grab():
                 misses = self._missed(misses)
                 continue
@@ -342,8 +348,12 @@ class Captures(object):
             self._one_offs.release()
 
     def stop_all(self) -> None:
+        """Stop every session: all told first, then each waited for (a daemon stopping
+        waits for the slowest, not for their sum)."""
         with self._lock:
             sessions = list(self._sessions.values())
+        for session in sessions:
+            session.stop(wait_s=0)
         for session in sessions:
             session.stop()
 
