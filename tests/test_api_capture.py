@@ -5,6 +5,7 @@ a daemon without OpenCV saying so."""
 import glob
 import os
 import shutil
+import time
 import urllib.error
 import urllib.request
 
@@ -164,6 +165,18 @@ def test_one_capture_per_domain_and_a_stop(videos):
     assert status == 200 and stopped["state"] == "stopped", stopped
     assert stopped["stored"] < 1000
     assert call(base, "GET", "/v1/domains/busy/capture")[1]["state"] == "stopped"
+
+
+@needs_cv2
+def test_deleting_the_domain_ends_its_capture(videos):
+    base, _ = videos
+    assert capture(base, "gone", source="long.avi", label="x", count=1000, interval=0)[0] == 202
+    wait_for(lambda: call(base, "GET", "/v1/domains/gone/capture")[1],
+             lambda p: p["stored"] > 0, timeout=30)
+    assert call(base, "DELETE", "/v1/domains/gone")[0] == 204
+    assert call(base, "GET", "/v1/domains/gone/capture")[0] == 404
+    time.sleep(0.5)  # a frame of a capture still running would create the domain again
+    assert call(base, "GET", "/v1/domains/gone")[0] == 404
 
 
 @needs_cv2

@@ -182,9 +182,11 @@ class Session(object):
             misses = 0
             due = clock.tick()
             if due or clock.preview_due():
-                frame = self._shaped(capture)
-                if frame is not None and due:
-                    self._keep(frame)
+                jpeg = self._shaped(capture)
+                if due and jpeg is None:
+                    self._add(failed=1)
+                elif due:
+                    self._keep(jpeg)
 
     def _missed(self, misses: int) -> int:
         if not self.request.source.live:
@@ -197,7 +199,7 @@ class Session(object):
 
     def _shaped(self, capture: Any) -> Optional[bytes]:
         """The newest grabbed frame at the working size as JPEG (also the preview); None
-        when it cannot be decoded (counted as failed)."""
+        when it cannot be decoded."""
         ok, frame = capture.retrieve()
         try:
             if not ok:
@@ -205,7 +207,6 @@ class Session(object):
             jpeg = frames.encode_jpeg(frames.to_working_size(frame, self.size))
         except InvalidInput as exc:
             log.warning("capture into %s: %s", self.domain, exc.message)
-            self._add(failed=1)
             return None
         with self._lock:
             self._preview = jpeg
@@ -346,6 +347,13 @@ class Captures(object):
             return frames.snapshot(source, size)
         finally:
             self._one_offs.release()
+
+    def forget(self, domain: str) -> None:
+        """Stop the domain's capture, if any, and drop it (the domain is being deleted)."""
+        with self._lock:
+            session = self._sessions.pop(domain, None)
+        if session is not None:
+            session.stop()
 
     def stop_all(self) -> None:
         """Stop every session: all told first, then each waited for (a daemon stopping

@@ -5,7 +5,14 @@ from fastapi import APIRouter, File, UploadFile
 from fastapi.responses import Response
 
 from device_agent import bounds
-from device_agent.api.deps import DomainFilesDep, DomainName, SettingsDep, StoreDep, SupervisorDep
+from device_agent.api.deps import (
+    CapturesDep,
+    DomainFilesDep,
+    DomainName,
+    SettingsDep,
+    StoreDep,
+    SupervisorDep,
+)
 from device_agent.api.schemas import ActivateRequest, DomainStatus, PredictResponse
 from device_agent.api.views import domain_status
 from device_agent.errors import Conflict, InvalidInput, WorkerUnavailable
@@ -26,7 +33,8 @@ def get_domain(domain: DomainName, store: StoreDep) -> dict:
 @router.delete("/domains/{domain}", status_code=204,
                summary="delete the domain, its datasets, jobs and adapter versions")
 def delete_domain(domain: DomainName, domain_files: DomainFilesDep,
-                  supervisor: SupervisorDep) -> None:
+                  supervisor: SupervisorDep, captures: CapturesDep) -> None:
+    captures.forget(domain)  # capture (issue 14): its next frame would create the domain again
     domain_files.delete_domain(domain)
     try:  # the worker drops the domain's adapter from its cache; a fresh worker has none
         supervisor.request("forget", domain=domain, timeout=10)
