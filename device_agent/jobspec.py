@@ -91,6 +91,13 @@ PARAMS = (
     Param("adapter_settings", dict, None, description="da2: adapter settings, e.g. "
           "{\"pool\": 2, \"attention\": \"channel\"} (README: The DA2 adapter)", nullable=True),
     Param("train_bn", bool, False, description="da2: also train BN scale and shift"),
+    # issue 14, the data loop: retrain from where the domain is. Off by default: a job's
+    # result then depends only on its parameters and its snapshot, not on which version
+    # happens to be active (a rollback would otherwise change what the next job learns).
+    Param("warm_start", bool, False, description="start from the domain's active adapter "
+          "when it has the same classes (and method, backbone, settings): a few new samples "
+          "then need few epochs; otherwise the job starts fresh and says why (the daemon's "
+          "jobs only)"),
 )
 PARAM_BY_NAME = OrderedDict((p.name, p) for p in PARAMS)
 MAX_ADAPTER_SETTINGS = 32
@@ -193,6 +200,8 @@ class JobReport(object):
         # latency groups
         ("step_ms_p50", float), ("step_ms_p95", float), ("images_per_sec", float),
         ("history", list), ("cpu", dict),
+        # issue 14: whether the job started from the active adapter, and why (not)
+        ("warm_started", bool), ("warm_start_note", str),
     ))
     MEMORY = ("memory_limit_bytes", "saved_activation_bytes", "estimated_peak_bytes",
               "step_peak_rss_bytes", "peak_rss_bytes", "cuda_peak_bytes")

@@ -69,12 +69,12 @@ def test_train_then_predict_then_shutdown(worker, small_folder, tmp_path):
     out = str(tmp_path / "job1")
     params = {"backbone": "resnet18", "method": "da2", "epochs": 2, "batch_size": 4,
               "resolution": 32, "lr": 0.01, "val_fraction": 0.34}
-    msg = peer.send("train", job_id="job1", domain="colours", dataset_dir=small_folder,
-                    out_dir=out, params=params)
+    msg = peer.send("train", warm_from="", job_id="job1", domain="colours",
+                    dataset_dir=small_folder, out_dir=out, params=params)
     events = []
     reply = _reply(peer, msg, events)
     assert reply["kind"] == "result" and reply["data"]["classes"] == ["blue", "green", "red"]
-    busy = peer.send("train", job_id="job2", domain="x", dataset_dir=small_folder,
+    busy = peer.send("train", warm_from="", job_id="job2", domain="x", dataset_dir=small_folder,
                      out_dir=str(tmp_path / "job2"), params=params)
     assert _reply(peer, busy, events)["code"] == "conflict"
     done = _until_done(peer, events)
@@ -96,7 +96,7 @@ def test_train_then_predict_then_shutdown(worker, small_folder, tmp_path):
 def test_a_job_can_be_cancelled(worker, small_folder, tmp_path):
     _, peer = worker
     params = {"backbone": "resnet18", "epochs": 50, "batch_size": 2, "resolution": 32}
-    msg = peer.send("train", job_id="long", domain="c", dataset_dir=small_folder,
+    msg = peer.send("train", warm_from="", job_id="long", domain="c", dataset_dir=small_folder,
                     out_dir=str(tmp_path / "long"), params=params)
     events = []
     assert _reply(peer, msg, events)["kind"] == "result"
@@ -110,11 +110,11 @@ def test_a_job_can_be_cancelled(worker, small_folder, tmp_path):
 
 @pytest.mark.parametrize("kind,fields,payload,code", [
     ("train", {"job_id": "j", "domain": "d", "dataset_dir": "/nonexistent", "out_dir": "/tmp/o",
-               "params": {}}, b"", "invalid_input"),
+               "params": {}, "warm_from": ""}, b"", "invalid_input"),
     ("train", {"job_id": "j", "domain": "d", "dataset_dir": "/tmp", "out_dir": "/tmp/o",
-               "params": {"epochs": 1, "rm": 1}}, b"", "invalid_input"),
+               "params": {"epochs": 1, "rm": 1}, "warm_from": ""}, b"", "invalid_input"),
     ("train", {"job_id": "j", "domain": "d", "dataset_dir": "/tmp", "out_dir": "/tmp/o",
-               "params": {"epochs": -3}}, b"", "invalid_input"),
+               "params": {"epochs": -3}, "warm_from": ""}, b"", "invalid_input"),
     ("predict", {"domain": "d", "adapter_dir": "/nonexistent", "top_k": 1, "parts": [3]},
      b"abc", "invalid_input"),
     ("predict", {"domain": "d", "adapter_dir": "/nonexistent", "top_k": 1, "parts": [5]},
@@ -243,7 +243,7 @@ def test_a_seeded_job_with_fixed_threads_is_reproducible(textured_folder, tmp_pa
                       "resolution": 32, "lr": 0.01, "seed": seed}
             out = str(tmp_path / name)
             events = []
-            _reply(peer, peer.send("train", job_id=name, domain=name,
+            _reply(peer, peer.send("train", warm_from="", job_id=name, domain=name,
                                    dataset_dir=textured_folder, out_dir=out, params=params),
                    events)
             assert _until_done(peer, events)["state"] == "succeeded"
@@ -271,8 +271,9 @@ def test_the_memory_plan_bounds_the_workers_peak(worker, tmp_path, backbone, met
     params = {"backbone": backbone, "method": method, "epochs": 2, "batch_size": batch,
               "resolution": resolution, "hflip": False}
     events = []
-    _reply(peer, peer.send("train", job_id="plan", domain="digits", dataset_dir=dataset,
-                           out_dir=str(tmp_path / "out"), params=params), events)
+    _reply(peer, peer.send("train", warm_from="", job_id="plan", domain="digits",
+                           dataset_dir=dataset, out_dir=str(tmp_path / "out"), params=params),
+           events)
     done = _until_done(peer, events)
     assert done["state"] == "succeeded", done
     plan = next(e for e in events if e["event"] == "start")  # the planner's figures: 10^6 B

@@ -232,6 +232,9 @@ class Job(BaseModel):
                                                         "the domain's working set")
     snapshot_id: Optional[str] = Field(None, description="the content-addressed snapshot it "
                                                          "trains (fixed when it starts)")
+    warm_started: Optional[bool] = Field(None, description="warm_start jobs: whether it "
+                                         "started from the active adapter (null: not asked)")
+    warm_start_note: Optional[str] = Field(None, description="why it did or did not")
     params: Dict[str, object] = Field(..., description="the JobRequest as accepted")
     created_at: float = Field(..., description="Unix time")
     started_at: Optional[float] = Field(None, description="Unix time of the last start")
@@ -352,6 +355,8 @@ class SamplesAdded(BaseModel):
     duplicates: int = Field(..., description="images it had already (the same bytes)")
     relabeled: int = Field(0, description="images that took a new label (relabel=true)")
     ids: List[str] = Field(..., description="each file's content hash (sha256 hex), in order")
+    splits: List[Literal["train", "val"]] = Field(..., description="where each file's image "
+                                                  "is, in order (it stays there)")
 
 
 class ClassCount(BaseModel):

@@ -63,5 +63,8 @@ class Settings(BaseSettings):
     telemetry_retention_days: float = Field(7.0, gt=0, description="history kept, days")
     metrics_require_token: bool = Field(True, description="/metrics needs the API token (set "
                                                           "false for token-less scrapers)")
+    # issue 14, the data loop: GET /v1/domains/{d}/dataset warns under this many per class
+    min_images_per_class: int = Field(20, ge=1, description="a class with fewer images in "
+                                                            "the working set is warned about")
     demo: bool = Field(False, description="at start, upload the demo domain (handwritten "
                                           "digits from scikit-learn) and queue its training")

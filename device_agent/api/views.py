@@ -47,6 +47,8 @@ def job_view(record: Dict[str, object]) -> Dict[str, object]:
     return {
         "id": record["id"], "domain": record["domain"], "dataset_id": record["dataset_id"],
         "snapshot_id": record.get("snapshot_id"),
+        "warm_started": _final_or_live(final, progress, "warm_started"),
+        "warm_start_note": _final_or_live(final, progress, "warm_start_note"),
         "state": record["state"],
         "params": record["params"], "created_at": record["created_at"],
         "started_at": record["started_at"], "finished_at": record["finished_at"],

@@ -18,11 +18,13 @@ from device_agent import artifacts
 from device_agent.daemon.heartbeat import Heartbeat, run_guarded
 from device_agent.errors import AgentError, WorkerUnavailable
 from device_agent.faults import failpoint
+from device_agent.store import snapshots
 from device_agent.store.db import Store
 from device_agent.store.layout import DataPaths
 
 log = logging.getLogger("device_agent.daemon")
-LOGGED_EVENTS = ("start", "epoch", "memory_adjusted")  # also kept as job events
+LOGGED_EVENTS = ("start", "epoch", "memory_adjusted",  # also kept as job events
+                 "warm_start")  # issue 14: whether the job started from the active adapter
 
 
 def merge_progress(progress: Dict[str, object], event: Dict[str, object]) -> Dict[str, object]:
@@ -105,12 +107,12 @@ class JobRunner(object):
         with self._lock:
             self.current = job["id"]
         try:
-            dataset = self.store.get_dataset(job["dataset_id"])
+            dataset_dir = self._training_dir(job)
             with self.heartbeat.waiting():  # the worker's answer, bounded by the timeout
                 accepted = self.supervisor.request(
                     "train", timeout=300, job_id=job["id"], domain=job["domain"],
-                    dataset_dir=dataset["path"], out_dir=self.paths.job(job["id"]),
-                    params=job["params"])
+                    dataset_dir=dataset_dir, out_dir=self.paths.job(job["id"]),
+                    params=job["params"], warm_from=self._warm_from(job))
             if accepted.get("started") is not True:  # a protocol bug, never a silent start
                 raise AgentError("the worker did not start job %s: %r" % (job["id"], accepted))
             log.info("job %s started: %d classes, %s train / %s val images", job["id"],
@@ -126,6 +128,35 @@ class JobRunner(object):
             if not is_transient(exc):
                 raise
             self._settle(job["id"], lambda: self._requeue(job["id"]), "requeueing a job")
+
+    def _training_dir(self, job: Dict[str, object]) -> str:
+        """The ImageFolder the job trains: the snapshot of the working set (or of the
+        archive it names) as it is NOW, when the job starts -- samples added while it trains
+        are not in it -- recorded on the job before the worker sees it. A resumed job trains
+        the snapshot it started on. An archive recorded before the working set existed
+        (schema < 3) is trained as it was unpacked, with no snapshot."""
+        domain = str(job["domain"])
+        if job.get("snapshot_id"):
+            return snapshots.materialized(self.paths.snapshots(domain), str(job["snapshot_id"]))
+        if job["dataset_id"] is None:
+            lines = self.store.working_set_lines(domain)
+        else:
+            lines = self.store.dataset_lines(int(job["dataset_id"]))
+            if not lines:
+                return str(self.store.get_dataset(int(job["dataset_id"]))["path"])
+        directory = snapshots.materialize(
+            self.paths.snapshots(domain), lines,
+            lambda line: self.store.sample_path(domain, line.hash, line.ext))
+        self.store.set_job_snapshot(str(job["id"]), os.path.basename(directory))
+        return directory
+
+    def _warm_from(self, job: Dict[str, object]) -> str:
+        """The active adapter's directory when the job asks to warm-start ("" otherwise);
+        the worker decides whether it fits (same classes) and says so."""
+        if not job["params"].get("warm_start"):
+            return ""
+        adapter = self.store.active_adapter(str(job["domain"]))
+        return str(adapter["path"]) if adapter is not None else ""
 
     # --- settling a job: retried until the store takes it ------------------------------
 

@@ -15,13 +15,15 @@ from device_agent.protocol.framing import ProtocolError
 # 2: hello carries the worker's thread policy; 3: "forget" drops a deleted domain from the
 # worker's inference cache; 4: "progress" becomes "job_event", and a job's end is its own
 # message, "job_done" (state, report, error), no longer a progress event; "export" writes (or
-# serves the cached) ONNX bundle of an adapter version
-PROTOCOL_VERSION = 4
+# serves the cached) ONNX bundle of an adapter version; 5: "train" names the adapter a job
+# may warm-start from ("warm_from", "" for none: issue 14)
+PROTOCOL_VERSION = 5
 JOB_OUTCOMES = ("succeeded", "failed", "cancelled")
 
 SPECS = {
     # API -> worker
-    "train": {"job_id": str, "domain": str, "dataset_dir": str, "out_dir": str, "params": dict},
+    "train": {"job_id": str, "domain": str, "dataset_dir": str, "out_dir": str, "params": dict,
+              "warm_from": str},
     "cancel": {"job_id": str},
     "predict": {"domain": str, "adapter_dir": str, "top_k": int, "parts": list},
     "load": {"domain": str, "adapter_dir": str},

@@ -54,7 +54,7 @@ def _requeue_running(db: sqlite3.Connection, job_id: str, reason: Optional[str])
 class JobQueue(Database):
     """The ``jobs`` and ``job_events`` tables."""
 
-    def enqueue_job(self, domain: str, dataset_id: int,
+    def enqueue_job(self, domain: str, dataset_id: Optional[int],
                     params: Dict[str, object]) -> Record:
         find_domain(self, domain)
         job_id = uuid.uuid4().hex[:16]
@@ -134,6 +134,14 @@ class JobQueue(Database):
     def events(self, job_id: str) -> List[Record]:
         return self._all("SELECT at, kind, data FROM job_events WHERE job_id = ? ORDER BY id",
                          (job_id,), ("data",))
+
+    def set_job_snapshot(self, job_id: str, snapshot_id: str) -> None:
+        """The snapshot the job trains, fixed at its first start (a resume trains it too)."""
+        with self._transaction() as db:
+            found = db.execute("UPDATE jobs SET snapshot_id = ? WHERE id = ?",
+                               (snapshot_id, job_id)).rowcount
+        if not found:
+            raise UnknownName("job %r not found" % job_id)
 
     def job_counts(self) -> Dict[str, int]:
         rows = self._all("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")

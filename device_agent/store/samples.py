@@ -29,6 +29,7 @@ from device_agent.store.datasets import Limits, image_problem
 from device_agent.store.domains import check_domain_name, insert_dataset, insert_domain
 from device_agent.store.layout import DataPaths
 from device_agent.store.locks import domain_lock
+from device_agent.store.snapshots import SnapshotLine
 
 SOURCES = ("upload", "archive", "capture", "review")
 # The split rule's salt: a constant, so that a rule change is a new salt (v2), and so that
@@ -84,7 +85,7 @@ def difference_hash(image) -> int:
     from PIL import Image
 
     grey = image.convert("L").resize((9, 8), Image.BILINEAR)
-    pixels = list(grey.getdata())
+    pixels = grey.tobytes()  # one byte per pixel, row by row
     bits = 0
     for row in range(8):
         for col in range(8):
@@ -285,6 +286,10 @@ class SampleRecords(Database):
             found.update((r["hash"], dict(r)) for r in rows)
         return found
 
+    def splits_of(self, domain: str, hashes: List[str]) -> Dict[str, str]:
+        """Where each of these images is (hash -> train or val); unknown ones left out."""
+        return {h: str(r["split"]) for h, r in self._existing(domain, hashes).items()}
+
     def working_set(self, domain: str) -> List[Record]:
         """Every sample of the domain (hash, label, split, source, added_at, dhash as an
         unsigned 64-bit int, bytes, ext), oldest first."""
@@ -293,6 +298,20 @@ class SampleRecords(Database):
         for row in rows:
             row["dhash"] = from_sqlite_int(int(row["dhash"]))
         return rows
+
+    def working_set_lines(self, domain: str) -> List[SnapshotLine]:
+        """The working set as snapshot lines (what a job starting now trains)."""
+        return [SnapshotLine(r["split"], r["label"], r["hash"], r["ext"]) for r in self._read(
+            "SELECT split, label, hash, ext FROM samples WHERE domain = ?", (domain,))]
+
+    def dataset_lines(self, dataset_id: int) -> List[SnapshotLine]:
+        """An archive's images as snapshot lines: its labels, each image's working-set split.
+        Empty for an archive recorded before the working set existed (schema < 3)."""
+        return [SnapshotLine(r["split"], r["label"], r["hash"], r["ext"]) for r in self._read(
+            "SELECT s.split, m.label, m.hash, s.ext FROM dataset_samples m "
+            "JOIN datasets d ON d.id = m.dataset_id "
+            "JOIN samples s ON s.domain = d.domain AND s.hash = m.hash "
+            "WHERE m.dataset_id = ?", (dataset_id,))]
 
     def sample_path(self, domain: str, content_hash: str, ext: str) -> str:
         """Where a sample's file is."""

@@ -20,9 +20,11 @@ def _add_version(db: sqlite3.Connection, domain: str, path: str, job_id: Optiona
     last = db.execute("SELECT MAX(version) AS v FROM adapter_versions WHERE domain = ?",
                       (domain,)).fetchone()["v"]
     version = (last or 0) + 1
+    # the snapshot its job trained (issue 14): what the version learned from
     db.execute("INSERT INTO adapter_versions (domain, version, path, job_id, created_at, "
-               "summary) VALUES (?, ?, ?, ?, ?, ?)",
-               (domain, version, path, job_id, time.time(), json.dumps(summary)))
+               "summary, snapshot_id) VALUES (?, ?, ?, ?, ?, ?, "
+               "(SELECT snapshot_id FROM jobs WHERE id = ?))",
+               (domain, version, path, job_id, time.time(), json.dumps(summary), job_id))
     db.execute("UPDATE domains SET active_version = ? WHERE name = ?", (version, domain))
     return version
 

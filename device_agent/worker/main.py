@@ -36,7 +36,7 @@ from device_agent.protocol import messages
 from device_agent.protocol.framing import ProtocolError
 from device_agent.protocol.peer import Peer
 from device_agent.training import data
-from device_agent.training.job import add_job_domain, train_domain
+from device_agent.training.job import add_job_domain, train_domain, warm_start
 from device_agent.training.loop import Stopped, TrainConfig, peak_rss_mb, resolve_device
 from device_agent.training.threads import CpuMeter, ThreadTuner, apply_policy, set_threads
 from device_agent.worker.backends import PredictBackends
@@ -283,14 +283,21 @@ class Worker(object):
         job_id = header["job_id"]
         net = AdaptedNet(self._backbone(params.backbone))
         add_job_domain(net, job_id, params, len(split.classes))
+        warm = None  # type: Optional[WarmStart]
+        if params.warm_start:  # issue 14: from the active adapter when it fits, and said
+            warm = warm_start(net, job_id, header["warm_from"], split.classes, params)
+            self._event(job_id, {"event": "warm_start", "warm_started": warm.used,
+                                 "warm_start_note": warm.note})
         meter, tuner = CpuMeter(self.threads.intra_op), self._tuner()
 
-        def add_cpu(report: JobReport) -> None:
+        def complete_report(report: JobReport) -> None:
             report.cpu = dict(self._cpu_figures(tuner), **meter.overall())
+            if warm is not None:
+                report.warm_started, report.warm_start_note = warm.used, warm.note
 
         return train_domain(net, split, config, header["out_dir"],
                             self._progress_sender(job_id, meter, tuner), tuner, cancel.is_set,
-                            add_cpu)
+                            complete_report)
 
     def _cpu_figures(self, tuner: Optional[ThreadTuner]) -> Dict[str, object]:
         figures = self.threads.as_dict()

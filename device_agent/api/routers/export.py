@@ -9,6 +9,7 @@ from fastapi.responses import Response
 from device_agent.api.deps import DomainFilesDep, DomainName, StoreDep, SupervisorDep
 from device_agent.errors import Conflict, InvalidInput, UnknownName
 from device_agent.jobspec import PARAM_BY_NAME
+from device_agent.store import snapshots
 from device_agent.store.files import zip_files
 
 router = APIRouter(tags=["adapters"])
@@ -64,9 +65,14 @@ def _parity_source(store, adapter: Dict[str, object]) -> Dict[str, object]:
     if not adapter.get("job_id"):
         return {}
     job = store.get_job(adapter["job_id"])
-    if job.get("dataset_id") is None:
+    if job.get("snapshot_id"):  # issue 14: the snapshot it trained, val/ as it was
+        directory = snapshots.materialized(store.data_paths.snapshots(job["domain"]),
+                                           job["snapshot_id"])
+    elif job.get("dataset_id") is not None:
+        directory = store.get_dataset(job["dataset_id"])["path"]
+    else:
         return {}
     params = job.get("params") or {}
-    return {"dataset_dir": store.get_dataset(job["dataset_id"])["path"],
+    return {"dataset_dir": directory,
             "val_fraction": params.get("val_fraction", PARAM_BY_NAME["val_fraction"].default),
             "seed": params.get("seed", PARAM_BY_NAME["seed"].default)}

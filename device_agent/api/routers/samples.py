@@ -7,8 +7,9 @@ from fastapi import APIRouter, File, Form, UploadFile
 from device_agent import bounds
 from device_agent.api.deps import DomainName, SettingsDep, StoreDep
 from device_agent.api.routers.datasets import RELABEL, archive_limits
-from device_agent.api.schemas import SamplesAdded
+from device_agent.api.schemas import DatasetStats, SamplesAdded
 from device_agent.errors import InvalidInput
+from device_agent.store.dataset_stats import dataset_stats
 from device_agent.store.samples import NewSample
 
 router = APIRouter(tags=["datasets"])
@@ -38,4 +39,12 @@ def add_samples(domain: DomainName, store: StoreDep, settings: SettingsDep,
                                 settings.max_upload_mb << 20, limits.max_pixels)
     added = store.add_samples(domain, [NewSample(name, blob) for name, blob in
                                        zip(labels, images)], relabel, limits)
-    return dict(added._asdict(), domain=domain)
+    placed = store.splits_of(domain, added.ids)
+    return dict(added._asdict(), domain=domain, splits=[placed[h] for h in added.ids])
+
+
+@router.get("/domains/{domain}/dataset", response_model=DatasetStats,
+            summary="the working set: counts per class and split, its snapshot id, warnings")
+def get_dataset(domain: DomainName, store: StoreDep, settings: SettingsDep) -> dict:
+    store.get_domain(domain)  # 404 for a domain that does not exist
+    return dataset_stats(domain, store.working_set(domain), settings.min_images_per_class)
