@@ -119,6 +119,10 @@ def test_a_capture_stores_the_asked_count_with_its_label(videos):
     for expected in COLOURS[:6]:  # interval 0: the first six frames, one sample each
         assert sum(near(c, expected) for c in colours) == 1, (expected, colours)
     assert working_set_labels(data_dir, "walk") == [("red", "capture")] * 6
+    status, dataset = call(base, "GET", "/v1/domains/walk/dataset")
+    assert status == 200, dataset
+    assert [(c["label"], c["total"]) for c in dataset["classes"]] == [("red", 6)]
+    assert dataset["total"] == 6 and dataset["sources"]["capture"] == 6
 
 
 def working_set_labels(data_dir, domain):
