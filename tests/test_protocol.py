@@ -15,7 +15,7 @@ V = messages.PROTOCOL_VERSION
 def test_frame_bytes_are_exactly_the_documented_layout():
     header = messages.make("cancel", 7, job_id="j1")
     data = framing.encode(header, b"\x01\x02")
-    body = b'{"v":4,"kind":"cancel","id":7,"job_id":"j1"}'
+    body = b'{"v":5,"kind":"cancel","id":7,"job_id":"j1"}'
     assert data == struct.pack(">IQ", len(body), 2) + body + b"\x01\x02"
 
 
@@ -73,9 +73,10 @@ def test_malformed_messages_are_refused(header, message):
 
 
 def test_the_protocol_version_is_pinned():
-    # 4: job_event and job_done replace progress, and the export request; a new kind or
-    # required field needs a bump
-    assert V == 4 and "forget" in messages.REQUESTS and "export" in messages.REQUESTS
+    # 4: job_event and job_done replace progress, and the export request; 5: train's
+    # warm_from (issue 14); a new kind or required field needs a bump
+    assert V == 5 and "forget" in messages.REQUESTS and "export" in messages.REQUESTS
+    assert "warm_from" in messages.SPECS["train"]
     assert "job_done" in messages.SPECS and "progress" not in messages.SPECS
 
 
