@@ -145,4 +145,8 @@ def test_the_limits_on_sessions(camera):
     assert captures.preview("a", None, 32)[:2] == b"\xff\xd8"  # the running one's JPEG
     captures.stop_all()
     assert [s.progress().state for s in captures.sessions()] == ["stopped", "stopped"]
+    video = Source("file", "/v.avi", "FFMPEG", "v.avi")
+    captures.start("a", slow._replace(source=video), 32)
+    captures.start("b", slow._replace(source=video), 32)  # a file is not a busy camera
+    captures.stop_all()
     captures.start("a", slow._replace(count=1), 32)  # a finished domain may start again

@@ -293,7 +293,8 @@ class Captures(object):
             if any(s.domain == domain for s in running):
                 raise Conflict("domain %r is already capturing; DELETE its capture first"
                                % domain)
-            if any(s.request.source.target == request.source.target for s in running):
+            if request.source.live and any(s.request.source.target == request.source.target
+                                           for s in running):  # a file reads twice fine
                 raise Conflict("%s is in use by another capture" % request.source.shown)
             if len(running) >= self._max_running:
                 raise Conflict("%d captures are running, the most at once"
