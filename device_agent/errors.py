@@ -117,13 +117,22 @@ class WorkerUnavailable(AgentError):
     http_status = 503
 
 
+# capture (issue 14)
+class CaptureUnavailable(AgentError):
+    """What a capture needs is missing from this machine: OpenCV itself, or the GStreamer
+    support a CSI camera is read through."""
+
+    code = "capture_unavailable"
+    http_status = 501
+
+
 def from_code(code: str, message: str) -> AgentError:
     """Rebuild an error that crossed the worker protocol, keeping its code and status."""
     classes = {cls.code: cls for cls in (AgentError, InvalidInput, UnknownName, Conflict,
                                          WeightsNotFound, WeightsMismatch, ArtifactError,
                                          MemoryBudgetExceeded, WorkerUnavailable, Unauthorized,
                                          PayloadTooLarge, ImageTooLarge, ExportParityError,
-                                         EngineBuildFailed)}
+                                         EngineBuildFailed, CaptureUnavailable)}
     error = classes.get(code, AgentError)(message)
     if code not in classes:
         error.code = code

@@ -16,6 +16,9 @@ fi
 WORKER_PYTHON="${DEVICE_AGENT_WORKER_PYTHON:-$(command -v python)}"
 PIP_PIN="pip<25"
 TEST_PACKAGES="pytest pillow numpy"
+# capture (issue 14): OpenCV at JetPack 5's version (4.5.4), so the capture tests run on the
+# API's own interpreter rather than skip
+TEST_PACKAGES="$TEST_PACKAGES opencv-python-headless==4.5.4.60"
 # keyed by what it installs (not by this script's text: a comment must not cost a rebuild)
 KEY="$( (cat "$ROOT/deploy/requirements-api.txt"; echo "$PIP_PIN $TEST_PACKAGES"
          "$PY38" --version) | sha256sum | cut -c1-12)"
@@ -39,5 +42,5 @@ DEVICE_AGENT_WORKER_PYTHON="$WORKER_PYTHON" PYTHONPATH="$ROOT" "$VENV/bin/python
   -p no:cacheprovider tests/test_api_*.py tests/test_telemetry.py tests/test_store.py \
   tests/test_datasets.py tests/test_protocol.py tests/test_docs_offline.py tests/test_client.py \
   tests/test_staying_up.py tests/test_bounded_input.py tests/test_boundaries.py \
-  tests/test_jobspec.py \
-  tests/test_samples.py "$@"
+  tests/test_jobspec.py tests/test_samples.py tests/test_capture_sources.py \
+  tests/test_capture_sessions.py "$@"

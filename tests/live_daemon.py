@@ -27,12 +27,13 @@ def is_ready(base: str) -> bool:
 
 def start(data_dir: str, token: str, timeout: float = 120, stderr=None, **env):
     """(process, base URL) of a daemon on ``data_dir``, once it is ready. ``env``: extra
-    environment (DEVICE_AGENT_* settings, failpoints); ``stderr``: where its log goes."""
+    environment (DEVICE_AGENT_* settings, failpoints; a PYTHONPATH replaces the default, the
+    repository root); ``stderr``: where its log goes."""
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "device_agent", "serve", "--data-dir", data_dir, "--port",
          str(port), "--token", token, "--worker-device", "cpu", "--worker-weights", "random"],
-        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT, **env), stderr=stderr)
+        cwd=ROOT, env=dict(os.environ, **dict({"PYTHONPATH": ROOT}, **env)), stderr=stderr)
     base = "http://127.0.0.1:%d" % port
     deadline = time.time() + timeout
     while not is_ready(base):

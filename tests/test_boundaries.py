@@ -19,7 +19,7 @@ PACKAGE = "device_agent"
 PACKAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), PACKAGE)
 
 TORCH_COLUMN = ("model", "training", "worker")
-DAEMON_COLUMN = ("api", "daemon", "store")
+DAEMON_COLUMN = ("api", "daemon", "store", "capture")  # capture: issue 14
 TORCH_LIBRARIES = ("torch", "torchvision")
 CLIENT_MODULES = ("device_agent.client", "device_agent.cli", "device_agent.cli.client_commands",
                   "device_agent.cli.progress")

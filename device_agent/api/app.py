@@ -25,10 +25,12 @@ from device_agent.api.readiness import StoreCheck
 from device_agent.api.review_keeper import ReviewCaps, ReviewKeeper
 from device_agent.api.routers import dashboard, datasets, domains, export, jobs, system, telemetry
 from device_agent.api.routers import review as review_routes  # issue 14
+from device_agent.api.routers.capture import router as capture_router  # capture (issue 14)
 from device_agent.api.routers.samples import router as samples_router  # issue 14's data loop
 from device_agent.api.schemas import ERROR_RESPONSES
 from device_agent.api.settings import Settings
 from device_agent.api.timing import RequestTiming
+from device_agent.capture.sessions import Captures, sample_writer
 from device_agent.cpu_budget import THREADS_ENV
 from device_agent.daemon.runner import JobRunner
 from device_agent.daemon.supervisor import WorkerSupervisor
@@ -43,8 +45,11 @@ log = logging.getLogger("device_agent.api")
 HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
               413: "payload_too_large", 415: "unsupported_media_type"}
 # An absolute path of two or more parts (a file in an error message): only its last part is
-# shown, so error bodies do not tell a caller where the data dir or the code lives.
-ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?!v1/)(?:[^\s/'\":]+/)+([^\s/'\":]+)")
+# shown, so error bodies do not tell a caller where the data dir or the code lives. Kept
+# whole (capture, issue 14): a camera's /dev/videoN and a URL's "//host/path", which say
+# which camera, not where anything is.
+ABSOLUTE_PATH = re.compile(r"(?<![\w.])(?<!:)(?<!:/)/(?!v1/|dev/video)"
+                           r"(?:[^\s/'\":]+/)+([^\s/'\":]+)")
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FORM_OVERHEAD = 1 << 16  # multipart headers around an upload of max_upload_mb
 
@@ -93,6 +98,9 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.review_keeper = ReviewKeeper(store, paths, ReviewCaps(
             settings.review_max_items, settings.review_max_mb << 20))
         app.state.review_keeper.start()
+        # capture (issue 14): sessions stop with the daemon (their stored frames stay)
+        os.makedirs(paths.videos, mode=0o700, exist_ok=True)
+        app.state.captures = Captures(sample_writer(store), paths.videos)
         supervisor.start()
         runner.start()
         sampler.start()
@@ -100,6 +108,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             app.state.review_keeper.stop()  # review queue (issue 14)
+            app.state.captures.stop_all()
             sampler.stop()
             runner.stop()
             supervisor.stop()
@@ -159,6 +168,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(review_routes.router, prefix="/v1", dependencies=[Depends(require_token)],
                        responses=ERROR_RESPONSES)
     app.include_router(review_routes.page_router)
+    # capture (issue 14)
+    app.include_router(capture_router, prefix="/v1", dependencies=[Depends(require_token)],
+                       responses=ERROR_RESPONSES)
     app.include_router(telemetry.metrics_router, dependencies=[Depends(require_token)]
                        if settings.metrics_require_token else [], responses=ERROR_RESPONSES)
     return app

@@ -20,6 +20,7 @@ from device_agent.api.metrics import Metrics
 from device_agent.api.readiness import StoreCheck
 from device_agent.api.review_keeper import ReviewKeeper
 from device_agent.api.settings import Settings
+from device_agent.capture.sessions import Captures
 from device_agent.daemon.heartbeat import Heartbeat
 from device_agent.daemon.runner import JobRunner
 from device_agent.daemon.supervisor import WorkerSupervisor
@@ -60,3 +61,5 @@ HeartbeatsDep = Annotated[List[Heartbeat], Depends(get_heartbeats)]
 DomainName = Annotated[str, Depends(valid_domain)]
 # the review queue of doubtful predictions (issue 14)
 ReviewKeeperDep = Annotated[ReviewKeeper, Depends(_from_state("review_keeper"))]
+# capture (issue 14)
+CapturesDep = Annotated[Captures, Depends(_from_state("captures"))]

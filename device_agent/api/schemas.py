@@ -16,6 +16,8 @@ from pydantic import (
 )
 
 from device_agent import jobspec
+from device_agent.capture import sessions as capture_sessions
+from device_agent.capture import sources as capture_sources
 from device_agent.errors import AgentError
 from device_agent.manifest import load_manifest
 
@@ -473,3 +475,49 @@ class ReviewOutcome(BaseModel):
     sample_ids: List[str] = Field(default_factory=list, description="the samples added "
                                                                     "(content hashes)")
     duplicates: int = Field(0, description="1 when the working set had the image already")
+# --- capture from a camera or a video (issue 14) ----------------------------------------------
+
+class CaptureStart(BaseModel):
+    """What to capture: ``count`` frames of ``source``, one every ``interval`` seconds, each
+    stored as a sample labelled ``label``."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(..., max_length=capture_sources.MAX_SOURCE_CHARS,
+                        description="/dev/videoN (V4L2), csi://N (a Jetson's CSI camera, "
+                                    "through nvarguscamerasrc), rtsp://host[:port]/path, or a "
+                                    "video file's path relative to the data dir's videos/ "
+                                    "folder")
+    label: str = Field(..., max_length=255, description="the class the frames are samples "
+                                                        "of (the ImageFolder class-name rules)")
+    count: int = Field(..., ge=1, le=capture_sessions.MAX_COUNT,
+                       description="frames to store")
+    interval: float = Field(1.0, ge=0, le=capture_sessions.MAX_INTERVAL_S,
+                            allow_inf_nan=False,
+                            description="seconds between frames (a video file: seconds of "
+                                        "video; 0: every frame); count x interval is at most "
+                                        "%d h" % (capture_sessions.MAX_SPAN_S // 3600))
+
+
+class CaptureProgress(BaseModel):
+    """A domain's capture: running, or the last one (kept in memory until the daemon
+    restarts)."""
+
+    domain: str = Field(..., description="the domain the frames are stored in")
+    source: str = Field(..., description="the source as given (an RTSP password hidden)")
+    label: str = Field(..., description="the frames' label")
+    count: int = Field(..., description="frames asked for")
+    interval_s: float = Field(..., description="seconds between frames")
+    size: int = Field(..., description="the stored images' side in pixels (a centred square "
+                                       "of each frame, resized): the domain's trained "
+                                       "resolution, else its backbone's input size")
+    state: Literal["running", "succeeded", "failed", "stopped"] = Field(
+        ..., description="running; succeeded (count frames taken); failed (see error); "
+                         "stopped (DELETE)")
+    grabbed: int = Field(..., description="frames taken so far (of count)")
+    stored: int = Field(..., description="frames stored as new samples")
+    duplicates: int = Field(..., description="frames identical to a sample the domain has "
+                                             "(not stored twice)")
+    failed: int = Field(..., description="frames that could not be decoded or were refused")
+    error: Optional[str] = Field(None, description="why a failed capture stopped")
+    started_at: float = Field(..., description="Unix time")
+    finished_at: Optional[float] = Field(None, description="Unix time; null while running")

@@ -65,3 +65,9 @@ class DataPaths(object):
     def snapshots(self, domain: str) -> str:
         """The domain's immutable training snapshots, one ImageFolder per id."""
         return os.path.join(self.domain(domain), "snapshots")
+
+    # capture (issue 14)
+    @property
+    def videos(self) -> str:
+        """Video files a capture may read (a source names one relative to this folder)."""
+        return os.path.join(self.root, "videos")

@@ -6,6 +6,7 @@ from fastapi.responses import Response
 
 from device_agent import bounds
 from device_agent.api.deps import (
+    CapturesDep,
     DomainFilesDep,
     DomainName,
     ReviewKeeperDep,
@@ -34,7 +35,8 @@ def get_domain(domain: DomainName, store: StoreDep) -> dict:
 @router.delete("/domains/{domain}", status_code=204,
                summary="delete the domain, its datasets, jobs and adapter versions")
 def delete_domain(domain: DomainName, domain_files: DomainFilesDep,
-                  supervisor: SupervisorDep) -> None:
+                  supervisor: SupervisorDep, captures: CapturesDep) -> None:
+    captures.forget(domain)  # capture (issue 14): its next frame would create the domain again
     domain_files.delete_domain(domain)
     try:  # the worker drops the domain's adapter from its cache; a fresh worker has none
         supervisor.request("forget", domain=domain, timeout=10)
