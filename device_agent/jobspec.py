@@ -9,6 +9,7 @@ read. Memory in a report is in bytes, one unit everywhere (each reader converts 
 from collections import OrderedDict, namedtuple
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
+from device_agent import classmetrics
 from device_agent.errors import InvalidInput
 
 
@@ -193,6 +194,9 @@ class JobReport(object):
         # latency groups
         ("step_ms_p50", float), ("step_ms_p95", float), ("images_per_sec", float),
         ("history", list), ("cpu", dict),
+        # per-class results: the kept epoch's validation confusion matrix, as the non-zero
+        # [true, predicted, count] cells (classmetrics.to_cells) in the order of ``classes``
+        ("val_confusion", list),
     ))
     MEMORY = ("memory_limit_bytes", "saved_activation_bytes", "estimated_peak_bytes",
               "step_peak_rss_bytes", "peak_rss_bytes", "cuda_peak_bytes")
@@ -233,6 +237,16 @@ class JobReport(object):
         """A memory field in MiB (2^20 bytes), the unit the API and telemetry show."""
         value = getattr(self, name)
         return None if value is None else value / float(MIB)
+
+    def class_results(self, limit: int = classmetrics.MOST_CONFUSED
+                      ) -> Optional[classmetrics.ClassResults]:
+        """Per-class figures of the kept epoch; None for a report without a (well-formed)
+        matrix: one of a release before per-class results, or of a job with no validation
+        images."""
+        matrix = classmetrics.from_cells(self.val_confusion, len(self.classes))
+        if matrix is None:
+            return None
+        return classmetrics.class_results(self.classes, matrix, limit)
 
 
 def to_mib(value: Optional[float], unit_bytes: int) -> Optional[float]:
