@@ -62,7 +62,17 @@ def job_view(record: Dict[str, object]) -> Dict[str, object]:
         "adapter_bytes": final.get("adapter_bytes"),
         "trainable_params": final.get("trainable_params"),
         "telemetry": dict(record.get("telemetry") or {}, duration_s=_duration(record)),
+        "class_results": class_results_view(report),
     }
+
+
+def class_results_view(report: Optional[JobReport]) -> Optional[Dict[str, object]]:
+    """A report's per-class results as :class:`~device_agent.api.schemas.ClassResults`."""
+    results = report.class_results() if report is not None else None
+    if results is None:
+        return None
+    return dict(results._asdict(), per_class=[f._asdict() for f in results.per_class],
+                most_confused=[p._asdict() for p in results.most_confused])
 
 
 def _final_or_live(final: Dict[str, object], progress: Dict[str, object], key: str) -> object:
@@ -93,4 +103,6 @@ def domain_status(store: Store, domain: str) -> Dict[str, object]:
             "versions": [{"version": v["version"], "created_at": v["created_at"],
                           "job_id": v["job_id"], "val_top1": v["summary"].get("val_top1")}
                          for v in versions],
-            "last_job": job_view(last) if last else None}
+            "last_job": job_view(last) if last else None,
+            "class_results": class_results_view(JobReport.from_dict(summary) if summary
+                                                else None)}
