@@ -16,9 +16,9 @@ STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 JOB_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 3600, 7200, 21600)
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 MB = 1024 * 1024
-# Per-class series of one domain at most: each class is a label value, and a Prometheus
-# series per class of every domain must stay bounded (every label value is a new time
-# series: https://prometheus.io/docs/practices/naming/#labels). Over the cap, the classes of lowest
+# Per-class series of one domain at most: each class is a label value, and every label
+# value is another time series, so their number must stay bounded
+# (https://prometheus.io/docs/practices/naming/#labels). Over the cap, the classes of lowest
 # recall are the ones exported (those worth an alert), ties by name.
 MAX_CLASSES_EXPORTED = 50
 
