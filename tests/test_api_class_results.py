@@ -98,3 +98,27 @@ def test_hostile_class_names_come_back_intact_and_a_deleted_domain_leaves_metric
     scraped = _metrics(base)
     assert not [key for key in scraped if key[1] == "hostile"]
     assert ("device_agent_class_recall", "kept", "red") in scraped
+
+
+def test_per_class_series_are_capped_lowest_recall_first():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from device_agent.api.metrics import MAX_CLASSES_EXPORTED, _ClassCollector
+
+    classes = ["c%02d" % i for i in range(60)]
+    # class i: 60 images, i + 1 of them right (recall (i+1)/60), the rest taken for class i+1
+    cells = [[i, i, i + 1] for i in range(60)] + [[i, i + 1, 59 - i] for i in range(59)]
+
+    class Store(object):
+        def active_summaries(self):
+            return {"many": {"classes": classes, "val_confusion": cells}}
+
+    registry = CollectorRegistry()
+    registry.register(_ClassCollector(Store()))
+    text = generate_latest(registry).decode()
+    recall = {s.labels["class"]: s.value
+              for family in parser.text_string_to_metric_families(text)
+              for s in family.samples if s.name == "device_agent_class_recall"}
+    assert sorted(recall) == classes[:MAX_CLASSES_EXPORTED] and MAX_CLASSES_EXPORTED == 50
+    assert recall["c00"] == pytest.approx(1 / 60) and recall["c49"] == pytest.approx(50 / 60)
+    assert 'device_agent_domain_classes{domain="many"} 60.0' in text
