@@ -17,6 +17,8 @@ from device_agent.protocol.framing import ProtocolError
 # message, "job_done" (state, report, error), no longer a progress event; "export" writes (or
 # serves the cached) ONNX bundle of an adapter version
 PROTOCOL_VERSION = 4
+# (job_done's report is a JobReport's dict, read by name: a field added to the report, such as
+# val_confusion, is left out by an older reader and absent to a newer one -- no new version.)
 JOB_OUTCOMES = ("succeeded", "failed", "cancelled")
 
 SPECS = {

@@ -255,10 +255,10 @@ function drawHeatmap(svg, results) {
   svg.setAttribute("width", width);
   svg.setAttribute("height", height);
   el("text", { x: left + n * cellSize / 2, y: 12, "text-anchor": "middle",
-               class: "axis-title" }, svg).textContent = "predicted as →";
+               class: "axis-title" }, svg).textContent = "predicted as";
   el("text", { x: 10, y: top + n * cellSize / 2, "text-anchor": "middle", class: "axis-title",
                transform: "rotate(-90 10 " + (top + n * cellSize / 2) + ")" }, svg)
-    .textContent = "true class →";
+    .textContent = "true class";
   results.classes.forEach((name, i) => {
     const middle = i * cellSize + cellSize / 2;
     axisLabel(svg, name, { x: left - 4, y: top + middle + 4, "text-anchor": "end",
