@@ -126,6 +126,17 @@ def most_confused(classes: Sequence[str], matrix: Matrix,
             for negative, t, p in sorted(pairs)[:max(limit, 0)]]
 
 
+def results_of(classes: object, cells: object,
+               limit: int = MOST_CONFUSED) -> Optional[ClassResults]:
+    """The results of a stored report or version summary (its ``classes`` and
+    ``val_confusion``), or None when either is missing or malformed: an imported adapter's
+    summary is the uploader's, read here, never trusted to be well-formed."""
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        return None
+    matrix = from_cells(cells, len(classes))
+    return None if matrix is None else class_results(classes, matrix, limit)
+
+
 def class_results(classes: Sequence[str], matrix: Matrix,
                   limit: int = MOST_CONFUSED) -> ClassResults:
     """Everything shown of one evaluation: the matrix with its class order, the per-class

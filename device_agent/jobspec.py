@@ -217,10 +217,12 @@ class JobReport(object):
         return OrderedDict((name, getattr(self, name)) for name in self.FIELDS)
 
     def metrics(self) -> Dict[str, Any]:
-        """What an adapter keeps of its job (its config's ``metrics``): all but the history
-        and the classes (the config has those as ``class_names``)."""
+        """What an adapter keeps of its job (its config's ``metrics``): all but the history,
+        the classes (the config has those as ``class_names``) and the confusion matrix
+        (it grows with the classes; a config's metrics are capped, artifacts.MAX_METRICS_BYTES:
+        the job's report and the version's summary keep it)."""
         return OrderedDict((k, v) for k, v in self.to_dict().items()
-                           if k not in ("history", "classes"))
+                           if k not in ("history", "classes", "val_confusion"))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "JobReport":
@@ -243,10 +245,7 @@ class JobReport(object):
         """Per-class figures of the kept epoch; None for a report without a (well-formed)
         matrix: one of a release before per-class results, or of a job with no validation
         images."""
-        matrix = classmetrics.from_cells(self.val_confusion, len(self.classes))
-        if matrix is None:
-            return None
-        return classmetrics.class_results(self.classes, matrix, limit)
+        return classmetrics.results_of(self.classes, self.val_confusion, limit)
 
 
 def to_mib(value: Optional[float], unit_bytes: int) -> Optional[float]:

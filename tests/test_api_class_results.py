@@ -2,11 +2,14 @@
 in the job and domain views, the active versions' per-class recall on /metrics (and none of a
 deleted domain), and class names an attacker picks (quotes, braces, markup) that must come
 back exactly as they went in."""
+import io
+import json
 import os
 import urllib.request
+import zipfile
 
 import pytest
-from api_calls import TOKEN, call, train
+from api_calls import TOKEN, call, download, multipart, train, zip_of
 
 pytest.importorskip("fastapi")  # a live daemon: not on the torch-only 3.6 stage
 parser = pytest.importorskip("prometheus_client.parser")
@@ -122,3 +125,32 @@ def test_per_class_series_are_capped_lowest_recall_first():
     assert sorted(recall) == classes[:MAX_CLASSES_EXPORTED] and MAX_CLASSES_EXPORTED == 50
     assert recall["c00"] == pytest.approx(1 / 60) and recall["c49"] == pytest.approx(50 / 60)
     assert 'device_agent_domain_classes{domain="many"} 60.0' in text
+
+
+def test_an_imported_adapters_summary_is_read_not_trusted(server, small_folder):
+    """An imported adapter's metrics are the uploader's: a malformed matrix or report field
+    shows no per-class results and breaks neither the domain view nor /metrics; a well-formed
+    one is shown as the adapter's claim (like its val_top1)."""
+    base, _ = server
+    if call(base, "GET", "/v1/domains/colours")[0] != 200:  # run on its own
+        assert train(base, "colours", small_folder, val_fraction=0.5)["state"] == "succeeded"
+    exported = zipfile.ZipFile(io.BytesIO(download(base, "/v1/domains/colours/adapter")))
+    files = {name: exported.read(name) for name in exported.namelist()}
+    config = json.loads(files["adapter_config.json"])
+    assert "val_confusion" not in config["metrics"]  # the job's report keeps it, not the file
+    for domain, metrics, shown in (
+            ("forged", {"cpu": "not an object", "history": 5, "classes": 7,
+                        "val_confusion": [[0, 0, "x"]]}, None),
+            ("claimed", {"val_confusion": [[0, 0, 2], [1, 1, 1], [2, 1, 1]]},
+             [[2, 0, 0], [0, 1, 0], [0, 1, 0]])):
+        config["metrics"].update(metrics)
+        files["adapter_config.json"] = json.dumps(config).encode()
+        body, content_type = multipart([("file", ("a.zip", zip_of(files)))])
+        status, imported = call(base, "PUT", "/v1/domains/%s/adapter" % domain, body,
+                                content_type=content_type)
+        assert status == 201, imported
+        status, view = call(base, "GET", "/v1/domains/" + domain)
+        assert status == 200
+        assert (view["class_results"] or {}).get("matrix") == shown
+        scraped = _metrics(base)
+        assert bool([k for k in scraped if k[1] == domain]) == (shown is not None)

@@ -88,9 +88,13 @@ def test_a_job_report_carries_its_matrix_and_an_old_one_has_none():
     results = stored.class_results()
     assert results.matrix == MATRIX and results.classes == CLASSES
     assert results.correct / float(results.total) == stored.val_top1
-    assert "val_confusion" in stored.metrics()  # the adapter's config keeps it too
+    assert "val_confusion" not in stored.metrics()  # not in the adapter's capped config
     assert JobReport.from_dict({"classes": CLASSES, "val_top1": 0.5}).class_results() is None
     assert JobReport(classes=CLASSES, val_confusion=[[0, 7, 1]]).class_results() is None
+    cells = classmetrics.to_cells(MATRIX)  # an uploader's summary: read, not trusted
+    for classes in (None, "cat", [1, 2, 3], ["cat", "dog", None], {"a": 1}):
+        assert classmetrics.results_of(classes, cells) is None, classes
+    assert classmetrics.results_of(CLASSES, cells).matrix == MATRIX
 
 
 def test_the_same_as_scikit_learn_on_random_sets():

@@ -10,7 +10,7 @@ from typing import Dict, Iterator, Optional
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from device_agent.jobspec import JobReport
+from device_agent import classmetrics
 
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 JOB_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 3600, 7200, 21600)
@@ -163,7 +163,8 @@ class _ClassCollector(object):
                                     "active adapter (more than the per-class series when "
                                     "over the cap)", labels=["domain"])
         for domain, summary in sorted(self.store.active_summaries().items()):
-            results = JobReport.from_dict(summary).class_results()
+            results = classmetrics.results_of(summary.get("classes"),
+                                              summary.get("val_confusion"))
             if results is None:
                 continue
             classes.add_metric([domain], len(results.classes))
