@@ -326,16 +326,19 @@ class Trainer(object):
     def _evaluate(self, epoch: int) -> Dict[str, float]:
         metrics = {"epoch": epoch}  # type: Dict[str, float]
         if self.split.val:
-            batches = data.loader(self.split.val, data.eval_transform(self.transforms),
-                                  evaluation_batch(self.watch.micro_batch), shuffle=False)
-            scores = evaluate(self.net, batches, len(self.split.classes), lean=self.config.lean,
-                              device=self.device)
+            scores = self._evaluate_val()
             metrics.update(val_top1=scores.top1, val_top5=scores.top5)
             if scores.top1 > self.best[0]:
                 state = self.net.domain.state_dict()
                 self.best = (scores.top1, {k: v.detach().clone() for k, v in state.items()})
                 self.best_confusion = scores.confusion
         return metrics
+
+    def _evaluate_val(self) -> Evaluation:
+        batches = data.loader(self.split.val, data.eval_transform(self.transforms),
+                              evaluation_batch(self.watch.micro_batch), shuffle=False)
+        return evaluate(self.net, batches, len(self.split.classes), lean=self.config.lean,
+                        device=self.device)
 
     def _kept_confusion(self) -> Optional[List[classmetrics.Cell]]:
         """The kept epoch's confusion matrix as the report carries it (its non-zero cells);
@@ -345,10 +348,7 @@ class Trainer(object):
         if self.best[1] is None or not self.split.val:
             return None
         if self.best_confusion is None:
-            batches = data.loader(self.split.val, data.eval_transform(self.transforms),
-                                  evaluation_batch(self.watch.micro_batch), shuffle=False)
-            self.best_confusion = evaluate(self.net, batches, len(self.split.classes),
-                                           self.config.lean, self.device).confusion
+            self.best_confusion = self._evaluate_val().confusion
         cells = classmetrics.to_cells(self.best_confusion)
         return cells if len(cells) <= classmetrics.MAX_CELLS else None
 
