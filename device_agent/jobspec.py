@@ -9,6 +9,7 @@ read. Memory in a report is in bytes, one unit everywhere (each reader converts 
 from collections import OrderedDict, namedtuple
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
+from device_agent import classmetrics
 from device_agent.errors import InvalidInput
 
 
@@ -202,6 +203,9 @@ class JobReport(object):
         ("history", list), ("cpu", dict),
         # issue 14: whether the job started from the active adapter, and why (not)
         ("warm_started", bool), ("warm_start_note", str),
+        # per-class results: the kept epoch's validation confusion matrix, as the non-zero
+        # [true, predicted, count] cells (classmetrics.to_cells) in the order of ``classes``
+        ("val_confusion", list),
     ))
     MEMORY = ("memory_limit_bytes", "saved_activation_bytes", "estimated_peak_bytes",
               "step_peak_rss_bytes", "peak_rss_bytes", "cuda_peak_bytes")
@@ -222,10 +226,12 @@ class JobReport(object):
         return OrderedDict((name, getattr(self, name)) for name in self.FIELDS)
 
     def metrics(self) -> Dict[str, Any]:
-        """What an adapter keeps of its job (its config's ``metrics``): all but the history
-        and the classes (the config has those as ``class_names``)."""
+        """What an adapter keeps of its job (its config's ``metrics``): all but the history,
+        the classes (the config has those as ``class_names``) and the confusion matrix
+        (it grows with the classes; a config's metrics are capped, artifacts.MAX_METRICS_BYTES:
+        the job's report and the version's summary keep it)."""
         return OrderedDict((k, v) for k, v in self.to_dict().items()
-                           if k not in ("history", "classes"))
+                           if k not in ("history", "classes", "val_confusion"))
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "JobReport":
@@ -242,6 +248,13 @@ class JobReport(object):
         """A memory field in MiB (2^20 bytes), the unit the API and telemetry show."""
         value = getattr(self, name)
         return None if value is None else value / float(MIB)
+
+    def class_results(self, limit: int = classmetrics.MOST_CONFUSED
+                      ) -> Optional[classmetrics.ClassResults]:
+        """Per-class figures of the kept epoch; None for a report without a (well-formed)
+        matrix: one of a release before per-class results, or of a job with no validation
+        images."""
+        return classmetrics.results_of(self.classes, self.val_confusion, limit)
 
 
 def to_mib(value: Optional[float], unit_bytes: int) -> Optional[float]:

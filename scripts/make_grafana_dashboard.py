@@ -32,6 +32,10 @@ PANELS = [
                                  "{{state}}")]),
     ("Validation top-1 per domain", "percentunit", [
         ("device_agent_domain_val_top1%s" % SELECT, "{{instance}} {{domain}} ({{method}})")]),
+    # per-class results (issue 14): the classes an active adapter recognises worst
+    ("Lowest class recall (5 worst classes)", "percentunit", [
+        ("bottomk(5, device_agent_class_recall%s)" % SELECT,
+         "{{instance}} {{domain}}: {{class}}")]),
 ]
 
 

@@ -28,7 +28,8 @@ GROUND_FLOOR = ("device_agent", "device_agent.errors", "device_agent.atomic",
                 "device_agent.imagefolder", "device_agent.jobspec", "device_agent.cpu_budget",
                 "device_agent.artifacts", "device_agent.faults", "device_agent.manifest",
                 "device_agent.procfs", "device_agent.protocol", "device_agent.protocol.framing",
-                "device_agent.protocol.messages", "device_agent.protocol.peer")
+                "device_agent.protocol.messages", "device_agent.protocol.peer",
+                "device_agent.classmetrics")  # per-class results (issue 14)
 
 
 def _module_name(path: str) -> str:

@@ -10,6 +10,7 @@ import live_daemon
 import pytest
 from api_calls import TOKEN, call, multipart, wait_for_job, zipped
 from browser import open_browser, webdriver_or_skip
+from test_api_class_results import HOSTILE
 
 pytest.importorskip("fastapi")  # a live daemon: not on the torch-only 3.6 stage
 
@@ -103,6 +104,9 @@ def test_the_dashboard_draws_live_charts(daemon, small_folder, tmp_path, browser
     assert len(markers) >= 2  # job start and end
     assert len(browser.find_elements("css selector", "#chart-methods circle.point")) == 2
     assert browser.execute_script(LABELS_OUTSIDE) == []
+    _check_heatmap(browser, daemon, "colours-last")  # the latest job's domain by default
+    _pick(browser, "colours")
+    _check_heatmap(browser, daemon, "colours")
     shot = os.environ.get("DASHBOARD_SCREENSHOT") or str(tmp_path / "dashboard.png")
     assert browser.save_screenshot(shot) and os.path.getsize(shot) > 10000
     browser.find_element("id", "logout").click()  # forgetting the token locks the page
@@ -130,3 +134,73 @@ def test_panels_say_why_a_machine_without_the_sensors_has_no_data(tmp_path, brow
         assert browser.execute_script(LABELS_OUTSIDE) == []
     finally:
         live_daemon.stop(proc)
+
+
+# --- per-class results (issue 14): the confusion-matrix heatmap ---------------------------
+
+HEATMAP = """
+  const cells = [...document.querySelectorAll("#confusion rect.cell")].map(r => [
+    +r.dataset.true, +r.dataset.predicted, +r.dataset.count]);
+  const counts = [...document.querySelectorAll("#confusion text.count")].map(t => t.textContent);
+  const labels = sel => [...document.querySelectorAll("#confusion g." + sel)].map(g => [
+    g.querySelector("title").textContent, g.querySelector("text").textContent]);
+  return {cells, counts, rows: labels("row-label"), columns: labels("column-label"),
+          pairs: [...document.querySelectorAll("#confused-pairs li")].map(li => li.textContent),
+          figures: [...document.querySelectorAll("#class-figures tbody tr")].map(
+            tr => tr.cells[0].textContent),
+          note: document.getElementById("class-note").textContent,
+          images: document.querySelectorAll("img").length};"""
+
+
+def _pick(browser, domain):
+    from selenium.webdriver.support.ui import Select
+
+    Select(browser.find_element("id", "class-domain")).select_by_value(domain)
+
+
+def _shown(browser, domain, timeout=30):
+    """The heatmap once the page shows ``domain``'s matrix (it redraws every poll)."""
+    deadline = time.time() + timeout
+    while True:
+        shown = browser.execute_script(HEATMAP)
+        if (" of %s:" % domain) in shown["note"] and shown["cells"] or time.time() > deadline:
+            return shown
+        time.sleep(0.3)
+
+
+def _check_heatmap(browser, base, domain):
+    results = call(base, "GET", "/v1/domains/" + domain)[1]["class_results"]
+    classes, matrix = results["classes"], results["matrix"]
+    shown = _shown(browser, domain)
+    assert len(shown["cells"]) == len(classes) ** 2  # one cell per (true, predicted) pair
+    assert sorted(shown["cells"]) == [[t, p, matrix[t][p]] for t in range(len(classes))
+                                      for p in range(len(classes))]
+    assert sorted(shown["counts"]) == sorted(str(c) for row in matrix for c in row if c)
+    assert [full for full, _ in shown["rows"]] == classes == [f for f, _ in shown["columns"]]
+    for full, short in shown["rows"]:  # long names are cut, the whole name in the tooltip
+        assert short == (full if len(full) <= 14 else full[:13] + "…")
+    expected = ["%s → %s: %d" % (p["true"], p["predicted"], p["count"])
+                for p in results["most_confused"]]
+    assert shown["pairs"] == (expected or ["no image was taken for another class"])
+    assert shown["figures"] == classes
+    assert "%d of %d" % (results["correct"], results["total"]) in shown["note"]
+    return shown
+
+
+def test_hostile_class_names_are_shown_as_text(daemon, tmp_path, browser):
+    """Markup, quotes and braces in class names are text on the page, never markup."""
+    from test_api_class_results import _folder
+
+    names = HOSTILE + ["a-very-long-class-name-that-is-cut-short"]
+    _train(daemon, _folder(str(tmp_path / "hostile"), names), "hostile", "last")
+    _log_in(browser, daemon)
+    _points(browser, ("chart-memory",), lambda p: p["chart-memory"] > 0)
+    _pick(browser, "hostile")
+    shown = _check_heatmap(browser, daemon, "hostile")
+    assert sorted(full for full, _ in shown["rows"]) == sorted(names)
+    assert shown["images"] == 0  # '<img src=x onerror=...>' stayed a name
+    assert browser.execute_script(LABELS_OUTSIDE) == []
+    shot = os.environ.get("DASHBOARD_CONFUSION_SCREENSHOT")
+    if shot:  # the heatmap section alone, for the README
+        section = browser.find_element("id", "class-results")
+        assert section.screenshot(shot) and os.path.getsize(shot) > 5000

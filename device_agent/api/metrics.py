@@ -10,10 +10,17 @@ from typing import Dict, Iterator, Optional
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
+from device_agent import classmetrics
+
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 JOB_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 3600, 7200, 21600)
 HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 MB = 1024 * 1024
+# Per-class series of one domain at most: each class is a label value, and every label
+# value is another time series, so their number must stay bounded
+# (https://prometheus.io/docs/practices/naming/#labels). Over the cap, the classes of lowest
+# recall are the ones exported (those worth an alert), ties by name.
+MAX_CLASSES_EXPORTED = 50
 
 
 class Metrics(object):
@@ -33,6 +40,7 @@ class Metrics(object):
         # the running job's latest threads and CPU share
         self.training_cpu = {}  # type: Dict[str, float]
         self.registry.register(_TrainingCpuCollector(self.training_cpu))
+        self.registry.register(_ClassCollector(store))  # per-class results (issue 14)
 
     def observe_event(self, job_id: str, event: Dict[str, object]) -> None:
         """A worker's job event as the runner saw it (``job_done``: the job's end)."""
@@ -133,3 +141,43 @@ def _board(sample: Dict[str, object]) -> Iterator[GaugeMetricFamily]:
         if core is not None and core.get("load_pct") is not None:
             cpus.add_metric([str(index)], core["load_pct"] / 100.0)
     yield cpus
+
+
+class _ClassCollector(object):
+    """Per-class recall and precision of each domain's active adapter version, read from
+    its stored summary at scrape time (a deleted domain has no active version: no series).
+    Label values are escaped by prometheus-client's exposition, not here."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        recall = GaugeMetricFamily("device_agent_class_recall", "validation recall of each "
+                                   "class of each domain's active adapter (0-1; at most %d "
+                                   "classes a domain, lowest recall first)"
+                                   % MAX_CLASSES_EXPORTED, labels=["domain", "class"])
+        precision = GaugeMetricFamily("device_agent_class_precision", "validation precision "
+                                      "of the same classes (0-1; absent for a class never "
+                                      "predicted)", labels=["domain", "class"])
+        classes = GaugeMetricFamily("device_agent_domain_classes", "classes of each domain's "
+                                    "active adapter (more than the per-class series when "
+                                    "over the cap)", labels=["domain"])
+        for domain, summary in sorted(self.store.active_summaries().items()):
+            results = classmetrics.results_of(summary.get("classes"),
+                                              summary.get("val_confusion"))
+            if results is None:
+                continue
+            classes.add_metric([domain], len(results.classes))
+            for figures in exported_classes(results.per_class):
+                recall.add_metric([domain, figures.name], figures.recall)
+                if figures.precision is not None:
+                    precision.add_metric([domain, figures.name], figures.precision)
+        yield recall
+        yield precision
+        yield classes
+
+
+def exported_classes(per_class, cap: int = MAX_CLASSES_EXPORTED) -> list:
+    """The classes with a recall, at most ``cap``: the lowest recall first, ties by name."""
+    known = [f for f in per_class if f.recall is not None]
+    return sorted(known, key=lambda f: (f.recall, f.name))[:cap]

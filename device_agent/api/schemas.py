@@ -251,6 +251,9 @@ class Job(BaseModel):
     adapter_bytes: Optional[int] = Field(None, description="size of the trained adapter file")
     trainable_params: Optional[int] = Field(None, description="parameters the job trained")
     telemetry: JobTelemetry = Field(..., description="peaks, power and energy while it ran")
+    class_results: Optional["ClassResults"] = Field(  # per-class results (issue 14)
+        None, description="the kept epoch's validation confusion matrix and per-class figures "
+                          "(null until the job succeeds, and without validation images)")
 
 
 class VersionInfo(BaseModel):
@@ -278,6 +281,9 @@ class DomainStatus(BaseModel):
                                                           "stored")
     versions: List[VersionInfo] = Field(..., description="every kept version (rollback)")
     last_job: Optional[Job] = Field(None, description="with its memory and latency summary")
+    class_results: Optional["ClassResults"] = Field(  # per-class results (issue 14)
+        None, description="the active version's validation confusion matrix and per-class "
+                          "figures (null for an adapter trained without them)")
 
 
 class Prediction(BaseModel):
@@ -521,3 +527,42 @@ class CaptureProgress(BaseModel):
     error: Optional[str] = Field(None, description="why a failed capture stopped")
     started_at: float = Field(..., description="Unix time")
     finished_at: Optional[float] = Field(None, description="Unix time; null while running")
+# --- per-class results (issue 14): device_agent.classmetrics, shown on jobs and domains ---
+
+class ClassFigures(BaseModel):
+    name: str = Field(..., description="the class")
+    precision: Optional[float] = Field(None, description="of the images predicted as this "
+                                                         "class, the share that are (0-1); "
+                                                         "null when none was predicted as it")
+    recall: Optional[float] = Field(None, description="of this class's images, the share "
+                                                      "predicted as it (0-1); null when the "
+                                                      "validation split has none")
+    f1: Optional[float] = Field(None, description="harmonic mean of precision and recall; "
+                                                  "null when either is")
+    support: int = Field(..., description="validation images of the class (its row's sum)")
+    predicted: int = Field(..., description="validation images predicted as the class (its "
+                                            "column's sum)")
+
+
+class ConfusedPair(BaseModel):
+    true: str = Field(..., description="the class the images are")
+    predicted: str = Field(..., description="the class they were taken for")
+    count: int = Field(..., description="how many")
+
+
+class ClassResults(BaseModel):
+    """One evaluation on the validation split: ``matrix[i][j]`` counts the images of class
+    ``classes[i]`` predicted as ``classes[j]``; ``correct / total`` is the val top-1."""
+
+    classes: List[str] = Field(..., description="the order of the matrix's rows and columns")
+    matrix: List[List[int]] = Field(..., description="row = true class, column = prediction")
+    per_class: List[ClassFigures] = Field(..., description="one per class, in class order")
+    most_confused: List[ConfusedPair] = Field(..., description="off-diagonal cells with a "
+                                                               "count, largest first (at "
+                                                               "most 10)")
+    total: int = Field(..., description="validation images counted")
+    correct: int = Field(..., description="of them, predicted right (the diagonal's sum)")
+
+
+Job.model_rebuild()
+DomainStatus.model_rebuild()

@@ -2,6 +2,7 @@
 import time
 from typing import Dict, Optional
 
+from device_agent import classmetrics
 from device_agent.jobspec import LEGACY_MB, JobReport, to_mib
 from device_agent.store.db import Store
 
@@ -65,7 +66,19 @@ def job_view(record: Dict[str, object]) -> Dict[str, object]:
         "adapter_bytes": final.get("adapter_bytes"),
         "trainable_params": final.get("trainable_params"),
         "telemetry": dict(record.get("telemetry") or {}, duration_s=_duration(record)),
+        "class_results": class_results_view(record["report"]),
     }
+
+
+def class_results_view(stored: Optional[Dict[str, object]]) -> Optional[Dict[str, object]]:
+    """The per-class results of a stored report or version summary as
+    :class:`~device_agent.api.schemas.ClassResults` (None when it has none)."""
+    results = classmetrics.results_of((stored or {}).get("classes"),
+                                      (stored or {}).get("val_confusion"))
+    if results is None:
+        return None
+    return dict(results._asdict(), per_class=[f._asdict() for f in results.per_class],
+                most_confused=[p._asdict() for p in results.most_confused])
 
 
 def _final_or_live(final: Dict[str, object], progress: Dict[str, object], key: str) -> object:
@@ -97,4 +110,5 @@ def domain_status(store: Store, domain: str) -> Dict[str, object]:
                           "job_id": v["job_id"], "val_top1": v["summary"].get("val_top1"),
                           "snapshot_id": v.get("snapshot_id")}
                          for v in versions],
-            "last_job": job_view(last) if last else None}
+            "last_job": job_view(last) if last else None,
+            "class_results": class_results_view(summary)}

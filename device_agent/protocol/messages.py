@@ -18,6 +18,8 @@ from device_agent.protocol.framing import ProtocolError
 # serves the cached) ONNX bundle of an adapter version; 5: "train" names the adapter a job
 # may warm-start from ("warm_from", "" for none: issue 14)
 PROTOCOL_VERSION = 5
+# (job_done's report is a JobReport's dict, read by name: a field added to the report, such as
+# val_confusion, is left out by an older reader and absent to a newer one -- no new version.)
 JOB_OUTCOMES = ("succeeded", "failed", "cancelled")
 
 SPECS = {

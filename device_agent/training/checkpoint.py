@@ -34,6 +34,8 @@ class Saved(NamedTuple):
     rng: torch.Tensor
     rng_cuda: Optional[torch.Tensor]
     batch_size: Optional[int]                # as planned ("auto" resolved)
+    # the best epoch's confusion matrix, its non-zero [true, predicted, count] cells
+    best_confusion: Optional[List[List[int]]] = None
 
 
 def fingerprint(parts: Dict[str, object]) -> str:
@@ -67,7 +69,8 @@ class Checkpoint(object):
         atomic.write_json(os.path.join(self.directory, "state.json"), {
             "fingerprint": self.fingerprint, "epoch": saved.epoch, "history": saved.history,
             "best_top1": saved.best[0], "optimizer_scalars": scalars,
-            "batch_size": saved.batch_size, "tensors_file": tensors_file,
+            "batch_size": saved.batch_size, "best_confusion": saved.best_confusion,
+            "tensors_file": tensors_file,
             "tensors_sha256": digest})
         for name in os.listdir(self.directory):  # earlier epochs' tensors, now unnamed
             if name.startswith("state-") and name != tensors_file:
@@ -97,7 +100,7 @@ class Checkpoint(object):
         return Saved(int(meta["epoch"]), list(meta["history"]),
                      (float(meta["best_top1"]), best or None), _strip(tensors, "domain."),
                      _optimizer_state(tensors, meta["optimizer_scalars"]), tensors["rng"],
-                     tensors.get("rng_cuda"), meta.get("batch_size"))
+                     tensors.get("rng_cuda"), meta.get("batch_size"), meta.get("best_confusion"))
 
     def clear(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 
-from device_agent import jobspec
+from device_agent import classmetrics, jobspec
 from device_agent.errors import InvalidInput
 from device_agent.model.memory import evaluation_batch, measure_saved_bytes, trainable_parameters
 from device_agent.model.network import AdaptedNet
@@ -93,20 +93,31 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def accuracy(net: AdaptedNet, batches, lean: bool = True,
-             device: torch.device = torch.device("cpu")) -> Dict[str, float]:
-    """Top-1 and top-5 (top-k for k classes < 5) over ``batches``."""
+class Evaluation(NamedTuple):
+    top1: float
+    top5: float                      # top-k for k classes < 5
+    confusion: classmetrics.Matrix   # [true][predicted], the top-1 predictions counted
+
+
+def evaluate(net: AdaptedNet, batches, n_classes: int, lean: bool = True,
+             device: torch.device = torch.device("cpu")) -> Evaluation:
+    """Top-1, top-5 and the confusion matrix over ``batches``, from the same top-1
+    predictions (so the matrix's diagonal share is the top-1, ties and all)."""
     net.eval()
-    hits1 = hits5 = total = 0
+    hits5 = 0
+    labels_seen, predicted = [], []  # type: List[int], List[int]
     with torch.no_grad():
         for images, labels in batches:
             images, labels = images.to(device), labels.to(device)
             logits = net(images, lean=lean)
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-            hits1 += (top[:, 0] == labels).sum().item()
             hits5 += (top == labels[:, None]).any(dim=1).sum().item()
-            total += labels.shape[0]
-    return {"top1": hits1 / max(total, 1), "top5": hits5 / max(total, 1)}
+            labels_seen.extend(labels.tolist())
+            predicted.extend(top[:, 0].tolist())
+    confusion = classmetrics.confusion_matrix(labels_seen, predicted, n_classes)
+    total = max(len(labels_seen), 1)
+    hits1 = sum(confusion[i][i] for i in range(n_classes))
+    return Evaluation(hits1 / total, hits5 / total, confusion)
 
 
 def peak_rss_bytes() -> int:
@@ -157,6 +168,7 @@ class Trainer(object):
         self.optimizer = make_optimizer(net, self.lr, config.weight_decay)
         self.history = []  # type: List[Dict[str, float]]
         self.best = (-1.0, None)  # type: Tuple[float, Optional[Dict[str, torch.Tensor]]]
+        self.best_confusion = None  # type: Optional[classmetrics.Matrix]
         self.start_epoch = 0
         self.step_times = []  # type: List[float]
         self.batch_size = config.batch_size  # 0 until planned
@@ -182,7 +194,8 @@ class Trainer(object):
         self.checkpoint.save(checkpoint.Saved(
             epoch, self.history, self.best, self.net.domain.state_dict(),
             self.optimizer.state_dict()["state"], torch.get_rng_state(),
-            torch.cuda.get_rng_state(self.device) if cuda else None, self.batch_size))
+            torch.cuda.get_rng_state(self.device) if cuda else None, self.batch_size,
+            None if self.best_confusion is None else classmetrics.to_cells(self.best_confusion)))
 
     def try_resume(self) -> bool:
         """Continue from the checkpoint in ``out_dir`` if it belongs to this very run."""
@@ -200,6 +213,9 @@ class Trainer(object):
         self.history = saved.history
         self.start_epoch = saved.epoch + 1
         self.batch_size = int(saved.batch_size or self.batch_size)  # "auto" stays put
+        if saved.best_confusion is not None:
+            self.best_confusion = classmetrics.from_cells(saved.best_confusion,
+                                                          len(self.split.classes))
         return True
 
     # --- training ----------------------------------------------------------------------
@@ -310,14 +326,31 @@ class Trainer(object):
     def _evaluate(self, epoch: int) -> Dict[str, float]:
         metrics = {"epoch": epoch}  # type: Dict[str, float]
         if self.split.val:
-            batches = data.loader(self.split.val, data.eval_transform(self.transforms),
-                                  evaluation_batch(self.watch.micro_batch), shuffle=False)
-            scores = accuracy(self.net, batches, lean=self.config.lean, device=self.device)
-            metrics.update(val_top1=scores["top1"], val_top5=scores["top5"])
-            if scores["top1"] > self.best[0]:
+            scores = self._evaluate_val()
+            metrics.update(val_top1=scores.top1, val_top5=scores.top5)
+            if scores.top1 > self.best[0]:
                 state = self.net.domain.state_dict()
-                self.best = (scores["top1"], {k: v.detach().clone() for k, v in state.items()})
+                self.best = (scores.top1, {k: v.detach().clone() for k, v in state.items()})
+                self.best_confusion = scores.confusion
         return metrics
+
+    def _evaluate_val(self) -> Evaluation:
+        batches = data.loader(self.split.val, data.eval_transform(self.transforms),
+                              evaluation_batch(self.watch.micro_batch), shuffle=False)
+        return evaluate(self.net, batches, len(self.split.classes), lean=self.config.lean,
+                        device=self.device)
+
+    def _kept_confusion(self) -> Optional[List[classmetrics.Cell]]:
+        """The kept epoch's confusion matrix as the report carries it (its non-zero cells);
+        None without validation images, or past classmetrics.MAX_CELLS (the report must
+        fit one protocol frame). A checkpoint of a release before per-class results has
+        none: the kept weights, already loaded, are evaluated once more."""
+        if self.best[1] is None or not self.split.val:
+            return None
+        if self.best_confusion is None:
+            self.best_confusion = self._evaluate_val().confusion
+        cells = classmetrics.to_cells(self.best_confusion)
+        return cells if len(cells) <= classmetrics.MAX_CELLS else None
 
     def _patience_ran_out(self) -> bool:
         patience = self.config.patience
@@ -367,7 +400,8 @@ class Trainer(object):
             cuda_peak_bytes=_bytes(self.watch.cuda_peak_mb()),
             memory_adjustments=self.watch.adjustments,
             step_ms_p50=1000 * _quantile(times, 0.5), step_ms_p95=1000 * _quantile(times, 0.95),
-            images_per_sec=images_per_sec, history=self.history)
+            images_per_sec=images_per_sec, history=self.history,
+            val_confusion=self._kept_confusion())
 
     def clear_checkpoint(self) -> None:
         self.checkpoint.clear()

@@ -197,6 +197,138 @@ function drawMethods() {
        { scatter: true, xUnit: "MB", yMax: 100, empty: "no job has succeeded yet" });
 }
 
+// --- per-class results (issue 14): the confusion matrix as a heatmap -----------------------
+// Every name is set with textContent (never markup): class names are the uploader's.
+
+const LABEL_CHARS = 14;        // longer class names are cut, the full name in a <title>
+const HEAT_LOW = [244, 247, 251], HEAT_HIGH = [31, 78, 156];  // one hue, light to dark
+
+function shortName(name) {
+  return name.length > LABEL_CHARS ? name.slice(0, LABEL_CHARS - 1) + "…" : name;
+}
+
+// A cell's colour: the share of its row (the true class's images), 0 light to 1 dark, so
+// a class with few images reads as clearly as one with many.
+function heat(share) {
+  return "rgb(" + HEAT_LOW.map((low, i) => Math.round(low + (HEAT_HIGH[i] - low) * share))
+    .join(",") + ")";
+}
+
+function titled(node, text) {
+  el("title", {}, node).textContent = text;
+  return node;
+}
+
+// A class name on an axis: cut to LABEL_CHARS, the whole name its group's tooltip.
+function axisLabel(svg, name, attrs) {
+  const group = titled(el("g", { class: attrs.class }, svg), name);
+  delete attrs.class;
+  el("text", Object.assign({ class: "label" }, attrs), group).textContent = shortName(name);
+}
+
+// The domain shown: the one picked, else the latest job's with results.
+function classDomain() {
+  const select = document.getElementById("class-domain");
+  const withResults = state.domains.filter(d => d.class_results);
+  const names = withResults.map(d => d.name);
+  if (select.dataset.names !== names.join("\n")) {  // the choices changed: rebuild them
+    const picked = select.value;
+    select.innerHTML = "";
+    names.forEach(name => { select.add(new Option(name, name)); });
+    select.dataset.names = names.join("\n");
+    const latest = state.jobs.slice().reverse()
+      .find(j => j.class_results && names.includes(j.domain));
+    select.value = names.includes(picked) ? picked : (latest ? latest.domain : names[0] || "");
+  }
+  return withResults.find(d => d.name === select.value) || null;
+}
+
+function drawHeatmap(svg, results) {
+  while (svg.firstChild) { svg.removeChild(svg.firstChild); }
+  const n = results.classes.length;
+  const cellSize = Math.max(16, Math.min(44, Math.floor(560 / Math.max(n, 1))));
+  const chars = Math.min(LABEL_CHARS, Math.max(...results.classes.map(c => c.length)));
+  // room for the labels: row labels on the left, column labels slanted 60 degrees above
+  const left = 22 + 7 * chars, top = 26 + 6 * chars;
+  const width = left + n * cellSize + 8 + 3.5 * chars, height = top + n * cellSize + 8;
+  svg.setAttribute("viewBox", "0 0 " + width + " " + height);
+  svg.setAttribute("width", width);
+  svg.setAttribute("height", height);
+  el("text", { x: left + n * cellSize / 2, y: 12, "text-anchor": "middle",
+               class: "axis-title" }, svg).textContent = "predicted as";
+  el("text", { x: 10, y: top + n * cellSize / 2, "text-anchor": "middle", class: "axis-title",
+               transform: "rotate(-90 10 " + (top + n * cellSize / 2) + ")" }, svg)
+    .textContent = "true class";
+  results.classes.forEach((name, i) => {
+    const middle = i * cellSize + cellSize / 2;
+    axisLabel(svg, name, { x: left - 4, y: top + middle + 4, "text-anchor": "end",
+                           class: "row-label" });
+    const x = left + middle + 4, y = top - 4;
+    axisLabel(svg, name, { x, y, transform: "rotate(-60 " + x + " " + y + ")",
+                           class: "column-label" });
+  });
+  let cells = 0;
+  results.matrix.forEach((row, t) => {
+    const support = row.reduce((a, b) => a + b, 0);
+    row.forEach((count, p) => {
+      const share = support ? count / support : 0;
+      const rect = el("rect", { x: left + p * cellSize, y: top + t * cellSize,
+                                width: cellSize - 1, height: cellSize - 1, fill: heat(share),
+                                class: "cell" + (t === p ? " diagonal" : ""),
+                                "data-true": t, "data-predicted": p, "data-count": count }, svg);
+      titled(rect, results.classes[t] + " taken for " + results.classes[p] + ": " + count +
+             (support ? " (" + (100 * share).toFixed(0) + "% of its images)" : ""));
+      cells += 1;
+      if (count && cellSize >= 18) {
+        el("text", { x: left + p * cellSize + cellSize / 2, y: top + t * cellSize + cellSize / 2 + 4,
+                     "text-anchor": "middle", class: "count",
+                     fill: share > 0.5 ? "#fff" : "#1d2330" }, svg).textContent = String(count);
+      }
+    });
+  });
+  svg.dataset.cells = String(cells);
+}
+
+function drawClassResults() {
+  const domain = classDomain();
+  const svg = document.getElementById("confusion");
+  const pairs = document.getElementById("confused-pairs");
+  const figures = document.querySelector("#class-figures tbody");
+  const note = document.getElementById("class-note");
+  pairs.innerHTML = "";
+  figures.innerHTML = "";
+  if (!domain) {
+    while (svg.firstChild) { svg.removeChild(svg.firstChild); }
+    svg.dataset.cells = "0";
+    note.textContent = "no domain has per-class results yet (a job with validation images)";
+    return;
+  }
+  const results = domain.class_results;
+  note.textContent = "active version " + domain.active_version + " of " + domain.name + ": " +
+    results.correct + " of " + results.total + " validation images right (top-1 " +
+    (results.total ? (results.correct / results.total).toFixed(3) : "–") + ")";
+  drawHeatmap(svg, results);
+  if (!results.most_confused.length) {
+    const item = document.createElement("li");
+    item.className = "empty";
+    item.textContent = "no image was taken for another class";
+    pairs.appendChild(item);
+  }
+  for (const pair of results.most_confused) {
+    const item = document.createElement("li");
+    item.textContent = pair.true + " → " + pair.predicted + ": " + pair.count;
+    pairs.appendChild(item);
+  }
+  for (const f of results.per_class) {
+    const row = figures.insertRow();
+    cell(row, f.name);
+    cell(row, fixed(f.precision, 3), true);
+    cell(row, fixed(f.recall, 3), true);
+    cell(row, fixed(f.f1, 3), true);
+    cell(row, f.support, true);
+  }
+}
+
 async function refresh() {
   const since = state.lastTs === null ? Date.now() / 1000 - WINDOW_S : state.lastTs + 1e-6;
   const [fresh, jobs, domains] = await Promise.all([
@@ -214,6 +346,7 @@ async function refresh() {
   drawTimeCharts();
   drawDomains();
   drawMethods();
+  drawClassResults();
   document.body.dataset.refreshed = String(Date.now());
 }
 
@@ -249,4 +382,5 @@ document.getElementById("login").addEventListener("submit", event => {
   start();
 });
 document.getElementById("logout").addEventListener("click", () => showLogin(""));
+document.getElementById("class-domain").addEventListener("change", drawClassResults);
 if (token()) { start(); } else { showLogin(""); }
