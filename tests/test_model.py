@@ -3,7 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from device_agent.errors import InvalidInput
 from device_agent.model.builder import build_net
+from device_agent.model.memory import measure_saved_bytes
 from device_agent.model.layers import RunContext
 from device_agent.model.network import METHODS
 
@@ -47,7 +49,7 @@ def test_lean_gradients_match_plain_autograd(backbone, method):
 DA2_SETTINGS = [{"train_biases": True}, {"train_biases": False},
                 {"pool": 1, "min_branch_stride": 4, "reduction": 2, "max_channels": 256},
                 {"attention": "none"}, {"attention": "channel"}, {"upsample": "bilinear"},
-                {"min_cells": 4}, {"min_cells": 0}]
+                {"min_cells": 4}, {"min_cells": 0}, {"first_block": 5}]
 
 
 @pytest.mark.parametrize("backbone", ["mobilenet_v2", "efficientnet_lite0"])
@@ -64,6 +66,26 @@ def test_lean_gradients_match_plain_autograd_for_da2_settings(backbone, settings
     assert ((plain - lean).norm() / plain.norm()).item() < 1e-4
     biases = [n for n, p in net.domain.named_parameters() if n.endswith("__beta")]
     assert bool(biases) == net.domain.adapter_settings["train_biases"]
+
+
+def test_adapter_depth_adapts_only_later_blocks_and_backward_stops_there():
+    """``first_block`` = K: adapters on blocks K and later; the lean forward runs the frozen
+    prefix before them without autograd, so nothing before block K is saved or back-propagated."""
+    torch.manual_seed(0)
+    full = build_net("efficientnet_lite0", "da2", 5, weights="random").train()
+    late = build_net("efficientnet_lite0", "da2", 5, weights="random",
+                     adapter_settings={"first_block": 8}).train()
+    blocks = [b.index for b in late.backbone.blocks()]
+    assert sorted(int(k) for k in late.domain.adapters.keys()) == [i for i in blocks if i >= 8]
+    assert sorted(int(k) for k in full.domain.adapters.keys()) == blocks
+    first_block_stage = next(i for i, stage in enumerate(late.backbone.stages)
+                             if getattr(stage, "index", -1) == 8)
+    assert late.domain.first_trainable_stage(late.backbone) == first_block_stage
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([1, 3])
+    assert measure_saved_bytes(late, x, y, True) < measure_saved_bytes(full, x, y, True)
+    with pytest.raises(InvalidInput, match="first_block"):
+        build_net("efficientnet_lite0", "da2", 5, weights="random",
+                  adapter_settings={"first_block": -1})
 
 
 def test_a_backbone_manifest_entry_sets_its_own_da2_defaults():

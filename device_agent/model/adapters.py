@@ -40,11 +40,15 @@ DA2_DEFAULTS = {
     # Also train the frozen units' BN shifts (TinyTL-B inside DA2): a bias gradient is the
     # sum of the output gradient, so it keeps no activation.
     "train_biases": False,
+    # Adapter depth: adapters only on blocks from this index on. The lean backward then stops
+    # at the first adapted block (nothing before it trains), so a later start cuts the
+    # backward pass as well as the saved activations (docs/benchmarks-photos.md measures it).
+    "first_block": 0,
 }
 UPSAMPLE_MODES = ("block", "bilinear")
 # Settings added after the first release, with the value every adapter saved before them
 # was trained with: a saved config that lacks one means this, whatever the default is now.
-LEGACY_SETTINGS = {"min_cells": 0, "train_biases": False}
+LEGACY_SETTINGS = {"min_cells": 0, "train_biases": False, "first_block": 0}
 
 
 def da2_settings(overrides: Dict[str, object]) -> Dict[str, object]:
@@ -62,8 +66,9 @@ def da2_settings(overrides: Dict[str, object]) -> Dict[str, object]:
     for key in ("reduction", "min_channels", "max_channels", "pool", "min_branch_stride"):
         if not _is_int(settings[key]) or settings[key] < 1:
             raise ValueError("%s must be a positive integer" % key)
-    if not _is_int(settings["min_cells"]) or settings["min_cells"] < 0:
-        raise ValueError("min_cells must be a non-negative integer")
+    for key in ("min_cells", "first_block"):
+        if not _is_int(settings[key]) or settings[key] < 0:
+            raise ValueError("%s must be a non-negative integer" % key)
     return settings
 
 

