@@ -34,7 +34,8 @@ MAX_METRICS_BYTES = 64 << 10
 # Adapter settings the worker knows, with the range an import may use (training defaults
 # sit well inside: max_channels 128, reduction 4, pool 4, min_cells 4).
 INT_SETTINGS = {"reduction": (1, 64), "min_channels": (1, 512), "max_channels": (1, 512),
-                "pool": (1, 64), "min_branch_stride": (1, 1024), "min_cells": (0, 64)}
+                "pool": (1, 64), "min_branch_stride": (1, 1024), "min_cells": (0, 64),
+                "first_block": (0, 256)}  # adapter depth: a backbone has well under 256 blocks
 STR_SETTINGS = ("attention", "upsample")
 BOOL_SETTINGS = ("train_biases",)
 # Metrics the API, /metrics and the dashboard read as numbers.
