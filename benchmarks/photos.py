@@ -41,6 +41,7 @@ from device_agent.cpu_budget import configure_process  # noqa: E402
 THREADS = configure_process()  # before torch is imported: passive waits, threads = budget
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
+from real_data import load_domain as load_set  # noqa: E402 (an ImageFolder with a test split)
 
 from device_agent.model import safetensors_io  # noqa: E402
 from device_agent.model.adapters import da2_settings  # noqa: E402
@@ -142,19 +143,6 @@ def artifact_bytes(net: AdaptedNet) -> int:
 
 
 # --- data and one cell -----------------------------------------------------------------
-
-def load_set(root: str, name: str):
-    def samples(split_name, classes):
-        out = []
-        for label, cls in enumerate(classes):
-            folder = os.path.join(root, name, split_name, cls)
-            out += [(os.path.join(folder, f), label) for f in sorted(os.listdir(folder))]
-        return out
-
-    classes = sorted(os.listdir(os.path.join(root, name, "train")))
-    return (data.Split(classes, samples("train", classes), samples("val", classes)),
-            samples("test", classes))
-
 
 def top1(net: AdaptedNet, samples, resolution: int, lean: bool) -> float:
     spec = net.backbone_spec

@@ -35,6 +35,17 @@ def call(base, method, path, body=None, token=TOKEN, content_type="application/j
         return error.code, json.loads(error.read() or b"null")
 
 
+def fetch(base, path, token=TOKEN):
+    """(status, content type, body bytes) of a GET."""
+    headers = {"Authorization": "Bearer " + token} if token else {}
+    request = urllib.request.Request(base + path, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.headers["Content-Type"], response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.read()
+
+
 def multipart(files):
     boundary = uuid.uuid4().hex
     parts = []

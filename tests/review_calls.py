@@ -4,10 +4,8 @@ import contextlib
 import io
 import os
 import sqlite3
-import urllib.error
-import urllib.request
 
-from api_calls import TOKEN, call, multipart, wait_for
+from api_calls import call, multipart, wait_for
 from PIL import Image
 
 
@@ -19,17 +17,6 @@ def noise_png(seed, size=24):
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG")
     return buffer.getvalue()
-
-
-def fetch(base, path, token=TOKEN):
-    """(status, content type, body bytes) of a GET."""
-    headers = {"Authorization": "Bearer " + token} if token else {}
-    request = urllib.request.Request(base + path, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.headers["Content-Type"], response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers["Content-Type"], error.read()
 
 
 def predict(base, images, domain, top_k=3):

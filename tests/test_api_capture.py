@@ -11,7 +11,7 @@ import urllib.request
 
 import live_daemon
 import pytest
-from api_calls import TOKEN, call, wait_for
+from api_calls import TOKEN, call, fetch, wait_for
 
 from device_agent.store.db import Store
 
@@ -46,17 +46,6 @@ def write_video(path, colours, size=FRAME):
     for colour in colours:
         writer.write(np.full((size[1], size[0], 3), colour, np.uint8))
     writer.release()
-
-
-def fetch(base, path, token=TOKEN):
-    """(status, content type, body bytes) of a GET."""
-    headers = {"Authorization": "Bearer " + token} if token else {}
-    request = urllib.request.Request(base + path, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.headers["Content-Type"], response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers["Content-Type"], error.read()
 
 
 def capture(base, domain, **body):

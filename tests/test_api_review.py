@@ -9,9 +9,9 @@ import socket
 import urllib.request
 
 import pytest
-from api_calls import call, multipart, png, train, wait_for, wait_for_job, zip_of
+from api_calls import call, fetch, multipart, png, train, wait_for, wait_for_job, zip_of
 from PIL import Image
-from review_calls import fetch, noise_png, predict, queue, settle, working_set
+from review_calls import noise_png, predict, queue, settle, working_set
 
 pytest.importorskip("fastapi")
 

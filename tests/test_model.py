@@ -5,8 +5,8 @@ import torch.nn.functional as F
 
 from device_agent.errors import InvalidInput
 from device_agent.model.builder import build_net
-from device_agent.model.memory import measure_saved_bytes
 from device_agent.model.layers import RunContext
+from device_agent.model.memory import measure_saved_bytes
 from device_agent.model.network import METHODS
 
 from conftest import needs_lite0
