@@ -420,8 +420,10 @@ def run_backbone(args, phases):
         run_cells(args, choices, hires, [0], HIRES_SETS, args.hires)
     measured = None
     if "measure" in phases or args.cached_only:
+        args.cached_only = True  # the entries read LoRA's chosen rank; they train nothing
+        entries = measure_entries(args)
         args.cached_only = "measure" not in phases
-        stored = measure(args, measure_entries(args), args.resolution)
+        stored = measure(args, entries, args.resolution)
         measured = summarize(stored) if stored else None
     return {"choices": choices, "methods": methods, "investigation": investigation,
             "peer": peer, "measured": measured}
