@@ -73,6 +73,7 @@ VARIANTS = OrderedDict([
     ("no attention", {"attention": "none"}),
     ("+ BN biases", {"train_biases": True}),
 ])
+MEASURE_VERSION = 2  # 2: the training peak is above the loaded model, not the steady state
 DEPTHS = (0, 3, 5, 8, 11)  # first adapted block (adapter depth); 0 = every block
 INVESTIGATION_SETS = ["flowers5", "clothing"]  # the two hard sets: choices on their val
 HIRES_SETS = ["clothing", "cats_dogs"]  # 160 px is their native shorter side
@@ -276,8 +277,10 @@ def choose_lr(args, method):
 # --- the measuring phase: step time, peak step RSS, saved activations -----------------------
 
 def measure_child(spec):
-    """In a fresh process: build, warm up, then timed steps; one step's RSS peak above the
-    steady state (model, gradients, optimizer state resident)."""
+    """In a fresh process: build, then the first steps' RSS peak above the loaded model
+    (activations, gradients and optimizer state: what training adds; a peak above the steady
+    state after warm-up would miss the activations, whose freed heap the allocator keeps),
+    then timed steps."""
     torch.manual_seed(0)
     net = build(spec["backbone"], spec["method"], 5, spec.get("settings"), spec.get("rank", 0))
     size, batch = spec["resolution"], spec["batch"]
@@ -286,18 +289,17 @@ def measure_child(spec):
     net.train()
     saved = measure_saved_bytes(net, images, labels, lean)
     optimizer = torch.optim.Adam(net.domain.trainable_parameters(), lr=1e-4)
-    for _ in range(2):
-        train_step(net, optimizer, images, labels, lean=lean)
-    steady = rss_mb()
+    loaded = rss_mb()
     reset_peak_rss()
-    train_step(net, optimizer, images, labels, lean=lean)
-    peak = step_peak_rss_mb() - steady
+    for _ in range(3):
+        train_step(net, optimizer, images, labels, lean=lean)
+    peak = step_peak_rss_mb() - loaded
     times = []
     for _ in range(spec["steps"]):
         started = time.perf_counter()
         train_step(net, optimizer, images, labels, lean=lean)
         times.append(time.perf_counter() - started)
-    return {"saved_activation_bytes": saved, "peak_step_mb": peak,
+    return {"saved_activation_bytes": saved, "peak_train_mb": peak,
             "step_s": statistics.median(times), "trainable_params": trainable_parameters(net)}
 
 
@@ -308,7 +310,8 @@ def measure(args, entries, resolution):
     if os.path.exists(path):
         with open(path) as handle:
             stored = json.load(handle)
-        if stored.get("entries") == entries and len(stored["rounds"]) >= args.rounds:
+        if stored.get("version") == MEASURE_VERSION and stored.get("entries") == entries \
+                and len(stored["rounds"]) >= args.rounds:
             return stored
     if args.cached_only:
         return None
@@ -322,9 +325,9 @@ def measure(args, entries, resolution):
             row[name] = json.loads(out.strip().splitlines()[-1])
             print("  round %d %-22s step %.3f s, saved %.1f MB, peak %.0f MB" % (
                 index, name, row[name]["step_s"], row[name]["saved_activation_bytes"] / MB,
-                row[name]["peak_step_mb"]), flush=True)
+                row[name]["peak_train_mb"]), flush=True)
         rounds.append(row)
-    stored = {"entries": entries, "rounds": rounds}
+    stored = {"version": MEASURE_VERSION, "entries": entries, "rounds": rounds}
     with open(path, "w") as handle:
         json.dump(stored, handle)
     return stored
