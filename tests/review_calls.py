@@ -4,6 +4,7 @@ import contextlib
 import io
 import os
 import sqlite3
+import time
 
 from api_calls import call, multipart, wait_for
 from PIL import Image
@@ -32,6 +33,20 @@ def queue(base, domain, query=""):
     status, page = call(base, "GET", "/v1/domains/%s/review%s" % (domain, query))
     assert status == 200, page
     return page
+
+
+def kept_when_idle(base, domain, quiet=1.0, timeout=60):
+    """The keeper's ``kept`` count once it has stopped moving for ``quiet`` seconds: an
+    earlier test's offer may still be written (the keeper is behind under load)."""
+    deadline = time.time() + timeout
+    last = queue(base, domain)["counters"]["kept"]
+    while time.time() < deadline:
+        time.sleep(quiet)
+        now = queue(base, domain)["counters"]["kept"]
+        if now == last:
+            return now
+        last = now
+    raise AssertionError("the review keeper never went quiet")
 
 
 def settle(base, count, domain):

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 from api_calls import call, fetch, multipart, png, train, wait_for, wait_for_job, zip_of
 from PIL import Image
-from review_calls import noise_png, predict, queue, settle, working_set
+from review_calls import kept_when_idle, noise_png, predict, queue, settle, working_set
 
 pytest.importorskip("fastapi")
 
@@ -92,7 +92,7 @@ def test_the_queue_stays_within_its_count_and_byte_bounds(trained):
     for item in queue(base, DOMAIN, query="?limit=200")["items"]:  # start empty
         assert call(base, "POST", "/v1/domains/%s/review/%d" % (DOMAIN, item["id"]),
                     {"discard": True})[0] == 200
-    kept = queue(base, DOMAIN)["counters"]["kept"]
+    kept = kept_when_idle(base, DOMAIN)
     assert put_settings(base, enabled=True, threshold=1.0, max_items=3)[0] == 200
     images = [noise_png(seed) for seed in range(100, 107)]
     predict(base, images, DOMAIN)
@@ -116,9 +116,9 @@ def test_the_queue_stays_within_its_count_and_byte_bounds(trained):
 def test_pages_and_discard(trained):
     base, data_dir = trained
     assert put_settings(base, enabled=True, threshold=1.0, max_items=100)[0] == 200
-    before = queue(base, DOMAIN)
+    before = kept_when_idle(base, DOMAIN)
     predict(base, [noise_png(seed) for seed in range(300, 305)], DOMAIN)
-    page = settle(base, before["counters"]["kept"] + 5, DOMAIN)
+    page = settle(base, before + 5, DOMAIN)
     first = queue(base, DOMAIN, query="?limit=3")
     assert len(first["items"]) == 3 and first["next_before"] == first["items"][-1]["id"]
     rest = queue(base, DOMAIN, query="?limit=200&before=%d" % first["next_before"])
@@ -141,7 +141,7 @@ def test_pages_and_discard(trained):
 def test_a_label_moves_the_image_into_the_samples(trained):
     base, data_dir = trained
     assert put_settings(base, enabled=True, threshold=1.0, max_items=100)[0] == 200
-    kept = queue(base, DOMAIN)["counters"]["kept"]
+    kept = kept_when_idle(base, DOMAIN)
     images = [noise_png(seed) for seed in (600, 601, 602)]
     predict(base, images, DOMAIN)
     page = settle(base, kept + 3, DOMAIN)
@@ -163,7 +163,7 @@ def test_a_label_moves_the_image_into_the_samples(trained):
 
 def test_labelled_images_reach_the_next_jobs_snapshot(trained):
     base, data_dir = trained
-    kept = queue(base, DOMAIN)["counters"]["kept"]
+    kept = kept_when_idle(base, DOMAIN)
     images = [noise_png(seed) for seed in (650, 651)]
     predict(base, images, DOMAIN)
     items = settle(base, kept + 2, DOMAIN)["items"][:2]
@@ -194,7 +194,7 @@ def test_labelled_images_reach_the_next_jobs_snapshot(trained):
 def test_a_new_class_and_refused_labels(trained):
     base, data_dir = trained
     prefix = "/v1/domains/%s/review/" % DOMAIN
-    kept = queue(base, DOMAIN)["counters"]["kept"]
+    kept = kept_when_idle(base, DOMAIN)
     images = [noise_png(seed) for seed in (700, 701)]
     predict(base, images, DOMAIN)
     newest, older = settle(base, kept + 2, DOMAIN)["items"][:2]
@@ -224,7 +224,7 @@ def test_a_new_class_and_refused_labels(trained):
 def test_hostile_ids_and_bodies_change_nothing(trained):
     base, data_dir = trained
     assert put_settings(base, enabled=True, threshold=1.0)[0] == 200
-    count = queue(base, DOMAIN)["counters"]["kept"]
+    count = kept_when_idle(base, DOMAIN)
     predict(base, [noise_png(400)], DOMAIN)
     page = settle(base, count + 1, DOMAIN)
     item = page["items"][0]
