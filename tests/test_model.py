@@ -83,9 +83,10 @@ def test_adapter_depth_adapts_only_later_blocks_and_backward_stops_there():
     assert late.domain.first_trainable_stage(late.backbone) == first_block_stage
     x, y = torch.randn(2, 3, 64, 64), torch.tensor([1, 3])
     assert measure_saved_bytes(late, x, y, True) < measure_saved_bytes(full, x, y, True)
-    with pytest.raises(InvalidInput, match="first_block"):
-        build_net("efficientnet_lite0", "da2", 5, weights="random",
-                  adapter_settings={"first_block": -1})
+    for past_the_end in (-1, len(blocks)):
+        with pytest.raises(InvalidInput, match="first_block"):
+            build_net("efficientnet_lite0", "da2", 5, weights="random",
+                      adapter_settings={"first_block": past_the_end})
 
 
 def test_a_backbone_manifest_entry_sets_its_own_da2_defaults():

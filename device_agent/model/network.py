@@ -105,7 +105,11 @@ class DomainModule(nn.Module):
         if method.adapter:
             adapter_class = ADAPTERS[method.adapter]
             first = int(self.adapter_settings.get("first_block", 0))
-            for block in backbone.blocks():
+            blocks = list(backbone.blocks())
+            if first >= len(blocks):  # no adapter at all: that is `last`, not DA2
+                raise InvalidInput("first_block %d is past the last of %s's %d blocks"
+                                   % (first, backbone.name, len(blocks)))
+            for block in blocks:
                 if block.index < first:
                     continue
                 self.adapters[str(block.index)] = adapter_class(
