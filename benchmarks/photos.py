@@ -168,6 +168,7 @@ class Cell(object):
         self.config = {"method": method, "set": dataset, "seed": seed, "lr": lr,
                        "resolution": resolution, "epochs": self.epochs, "images": images,
                        "batch": args.batch_size, "rank": rank, "backbone": args.backbone,
+                       "init": "seeded",  # cells before this drew their weights unseeded
                        "adapter_settings": da2_settings(dict(
                            backbone_info(args.backbone).get("da2_settings", {}),
                            **(settings or {}))) if method == "da2" else None}
@@ -202,9 +203,9 @@ class Cell(object):
         split, test = load_set(self.args.data, self.dataset)
         if self.images:  # a learning-rate probe: a stratified slice of the training split
             split = data.Split(split.classes, _slice(split.train, self.images), split.val)
+        torch.manual_seed(self.seed)  # the seed draws the initial weights too
         net = build(self.args.backbone, self.method, len(split.classes), self.settings,
                     self.rank)
-        torch.manual_seed(self.seed)
         config = TrainConfig(epochs=self.epochs, batch_size=self.args.batch_size,
                              lr=self.lr, resolution=self.resolution, seed=self.seed,
                              lean=lean_path(self.method), memory_limit_mb=1e6, patience=0)
