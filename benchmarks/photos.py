@@ -430,7 +430,8 @@ def run_backbone(args, phases):
         stored = measure(args, entries, args.resolution)
         measured = summarize(stored) if stored else None
     return {"choices": choices, "methods": methods, "investigation": investigation,
-            "peer": peer, "measured": measured}
+            "peer": peer, "measured": measured, "backbone": args.backbone,
+            "cache_dir": args.cache_dir}
 
 
 def main():
