@@ -41,6 +41,7 @@ from device_agent.cpu_budget import configure_process  # noqa: E402
 THREADS = configure_process()  # before torch is imported: passive waits, threads = budget
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
+from real_data import _subset  # noqa: E402 (every k-th sample: a stratified slice)
 from real_data import load_domain as load_set  # noqa: E402 (an ImageFolder with a test split)
 
 from device_agent.model import safetensors_io  # noqa: E402
@@ -202,7 +203,7 @@ class Cell(object):
     def train(self, val_only):
         split, test = load_set(self.args.data, self.dataset)
         if self.images:  # a learning-rate probe: a stratified slice of the training split
-            split = data.Split(split.classes, _slice(split.train, self.images), split.val)
+            split = data.Split(split.classes, _subset(split.train, self.images), split.val)
         torch.manual_seed(self.seed)  # the seed draws the initial weights too
         net = build(self.args.backbone, self.method, len(split.classes), self.settings,
                     self.rank)
@@ -243,11 +244,6 @@ def train_cell(spec):
 
 
 # --- choices on val ----------------------------------------------------------------------
-
-def _slice(samples, count):
-    step = max(1, len(samples) // count)
-    return samples[::step][:count]
-
 
 def choose_lr(args, method):
     """Per method (and LoRA rank): short probes on a slice of the first set's training
