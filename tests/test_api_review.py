@@ -397,3 +397,29 @@ def test_the_review_page_is_served_offline_with_its_own_policy(server):
     assert policy.endswith("frame-ancestors 'none'") and headers["X-Frame-Options"] == "DENY"
     status, _, dashboard = fetch(base, "/dashboard", token=None)
     assert b'href="/review"' in dashboard  # the dashboard links to it
+
+
+def test_a_page_never_counts_an_item_it_does_not_show(tmp_path, monkeypatch):
+    """The keeper may finish an item while the queue is read: the page's ``kept`` counter
+    must not run ahead of its items (the tests above wait on it, and so would a client)."""
+    from device_agent.api.review_keeper import ReviewCaps, ReviewKeeper
+    from device_agent.api.routers.review import get_queue
+    from device_agent.store.db import Store
+    from device_agent.store.layout import DataPaths
+    from device_agent.store.review import ReviewSettings
+
+    store = Store(str(tmp_path / "agent.db"))
+    store.ensure_domain("d")
+    store.set_review_settings("d", ReviewSettings(enabled=True, threshold=1.0))
+    keeper = ReviewKeeper(store, DataPaths(str(tmp_path)), ReviewCaps(1000, 256 << 20))
+    read_items = store.review_items
+
+    def items_then_the_keeper_finishes(*args):
+        items = read_items(*args)
+        keeper._keep_one("d", 1, noise_png(1), [("a", 0.6), ("b", 0.4)])  # just after
+        return items
+
+    monkeypatch.setattr(store, "review_items", items_then_the_keeper_finishes)
+    for shown in range(3):
+        page = get_queue("d", store, keeper, limit=50, before=None)
+        assert len(page["items"]) == shown and page["counters"]["kept"] <= shown, page

@@ -72,13 +72,16 @@ def get_queue(domain: DomainName, store: StoreDep, keeper: ReviewKeeperDep,
                                             description="only items older than this id "
                                                         "(the last page's next_before)")
               ) -> dict:
+    # the counters first: the keeper counts an item only after the store holds it, so a
+    # page never counts an item it does not show (read after the items, it could)
+    counters = keeper.counters(domain)
     settings = store.review_settings(domain)
     items = store.review_items(domain, limit + 1, before)
     count, size = store.review_totals(domain)
     return {"domain": domain, "settings": settings_view(keeper, settings), "count": count,
             "bytes": size, "items": [item_view(domain, item) for item in items[:limit]],
             "next_before": items[limit - 1].id if len(items) > limit else None,
-            "counters": keeper.counters(domain)}
+            "counters": counters}
 
 
 @router.get("/domains/{domain}/review/{item_id}/image", response_class=Response,
