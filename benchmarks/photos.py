@@ -76,6 +76,8 @@ VARIANTS = OrderedDict([
 ])
 MEASURE_VERSION = 2  # 2: the training peak is above the loaded model, not the steady state
 DEPTHS = (0, 3, 5, 8, 11)  # first adapted block (adapter depth); 0 = every block
+DEPTH_SETTINGS = [("default", {})] + [("from block %d" % d, {"first_block": d})
+                                      for d in DEPTHS[1:]]
 INVESTIGATION_SETS = ["flowers5", "clothing"]  # the two hard sets: choices on their val
 HIRES_SETS = ["clothing", "cats_dogs"]  # 160 px is their native shorter side
 
@@ -384,18 +386,18 @@ def best_peer(args, choices):
     return max(means, key=means.get) if means else None
 
 
-def investigate(args, choices):
-    """DA2 variants and adapter depths, val only, on the two hard sets."""
+def investigate(args, choices, named):
+    """DA2 settings (name -> overrides), val only, on the two hard sets. "default" reads
+    the main table's seed-0 cells (the same configuration: no second training)."""
     lr = (choices.get("da2") or {}).get("lr")
     if lr is None:
         return {}
     out = OrderedDict()
-    named = list(VARIANTS.items()) + [("from block %d" % d, {"first_block": d})
-                                      for d in DEPTHS[1:]]
     for name, settings in named:
-        cells = [Cell(args, "da2", s, 0, args.resolution, lr, settings,
+        cells = [cell_for(args, choices, "da2", s, 0) if name == "default" else
+                 Cell(args, "da2", s, 0, args.resolution, lr, settings,
                       tag="~" + name.replace(" ", "_")) for s in INVESTIGATION_SETS]
-        out[name] = (settings, [c.run(val_only=True) for c in cells])
+        out[name] = (settings, [c.run(val_only=name != "default") for c in cells])
     return out
 
 
@@ -409,13 +411,22 @@ def run_backbone(args, phases):
     # The order is the order of value: the key comparison first, every later phase cached.
     choices = {m: choose_lr(args, m) for m in key}
     run_cells(args, choices, key, [0], SETS)
-    rest = [m for m in methods if m not in key]
+    lite0 = args.backbone == BACKBONES[0]
+    investigation = investigate(args, choices, DEPTH_SETTINGS) if lite0 else OrderedDict()
+    # finetune_ckpt last: its cells cost 1.6x finetune's for finetune's gradients
+    rest = [m for m in methods if m not in key and m != "finetune_ckpt"]
     choices.update((m, choose_lr(args, m)) for m in rest)
     run_cells(args, choices, rest, [0], SETS)
-    investigation = investigate(args, choices) if args.backbone == BACKBONES[0] else {}
     peer = best_peer(args, choices)
     run_cells(args, choices, ["da2", "finetune"] + ([peer] if peer else []), [1, 2], SETS)
-    if args.backbone == BACKBONES[0]:
+    if lite0:
+        investigation.update(investigate(args, choices, list(VARIANTS.items())[1:]))
+    if "finetune_ckpt" in methods:
+        choices["finetune_ckpt"] = choose_lr(args, "finetune_ckpt")
+        run_cells(args, choices, ["finetune_ckpt"], [0], SETS)
+        peer = best_peer(args, choices)
+        run_cells(args, choices, [peer] if peer else [], [1, 2], SETS)
+    if lite0:
         hires = ["finetune", "da2", "tinytl_lite_residual"] + ([peer] if peer else [])
         run_cells(args, choices, hires, [0], HIRES_SETS, args.hires)
     measured = None
