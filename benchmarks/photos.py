@@ -135,6 +135,8 @@ class Cell(object):
         same clean process (no heap grown by earlier cells) and a killed cell costs only
         itself (its epochs resume from the trainer's checkpoint)."""
         record = self.cached()
+        if record is not None and not val_only and record["test_top1"] is None:
+            record = None  # a val-only cell now wanted with its test figure: trained again
         if record is not None or self.args.cached_only:
             return record
         spec = {"args": {k: getattr(self.args, k) for k in CELL_ARGS},
@@ -321,13 +323,37 @@ def cell_for(args, choices, method, dataset, seed, resolution=None, settings=Non
                 settings, choice.get("rank", 0), tag)
 
 
+def row_cell(args, choices, row, dataset, seed, resolution=None):
+    """A main-table row's cell: a method, or DA2 at an adapter depth ("da2 from block K")."""
+    if row.startswith("da2 from block "):
+        depth = int(row.rsplit(" ", 1)[1])
+        return cell_for(args, choices, "da2", dataset, seed, resolution,
+                        {"first_block": depth}, "~from_block_%d" % depth)
+    return cell_for(args, choices, row, dataset, seed, resolution)
+
+
 def run_cells(args, choices, methods, seeds, sets, resolution=None):
     for seed in seeds:
         for method in methods:
             for dataset in sets:
-                cell = cell_for(args, choices, method, dataset, seed, resolution)
+                cell = row_cell(args, choices, method, dataset, seed, resolution)
                 if cell is not None:
                     cell.run()
+
+
+def chosen_depth(investigation):
+    """The adapter depth for the main table: the largest K (the least backward work) whose
+    val mean on the investigation sets is within 1.0 point of full-depth DA2's (the issue's
+    bound); None until every depth has its val cells."""
+    default = investigation.get("default")
+    depths = [(int(name.rsplit(" ", 1)[1]), records) for name, (_, records)
+              in investigation.items() if name.startswith("from block ")]
+    if not default or not all(default[1]) or not all(all(r) for _, r in depths):
+        return None
+    base = statistics.mean(r["val_top1"] for r in default[1])
+    close = [k for k, records in depths
+             if base - statistics.mean(r["val_top1"] for r in records) <= 0.01]
+    return max(close) if close else None
 
 
 def best_peer(args, choices):
@@ -367,12 +393,16 @@ def run_backbone(args, phases):
     run_cells(args, choices, key, [0], SETS)
     lite0 = args.backbone == BACKBONES[0]
     investigation = investigate(args, choices, DEPTH_SETTINGS) if lite0 else OrderedDict()
+    depth = chosen_depth(investigation)
+    depth_row = ["da2 from block %d" % depth] if depth else []
+    run_cells(args, choices, depth_row, [0], SETS)
     # finetune_ckpt last: its cells cost 1.6x finetune's for finetune's gradients
     rest = [m for m in methods if m not in key and m != "finetune_ckpt"]
     choices.update((m, choose_lr(args, m)) for m in rest)
     run_cells(args, choices, rest, [0], SETS)
     peer = best_peer(args, choices)
-    run_cells(args, choices, ["da2", "finetune"] + ([peer] if peer else []), [1, 2], SETS)
+    run_cells(args, choices, ["da2", "finetune"] + ([peer] if peer else []) + depth_row,
+              [1, 2], SETS)
     if lite0:
         investigation.update(investigate(args, choices, list(VARIANTS.items())[1:]))
     if "finetune_ckpt" in methods:
@@ -390,7 +420,7 @@ def run_backbone(args, phases):
         args.cached_only = "measure" not in phases
         stored = measure(args, entries, args.resolution)
         measured = summarize(stored) if stored else None
-    return {"choices": choices, "methods": methods, "investigation": investigation,
+    return {"choices": choices, "methods": methods + depth_row, "investigation": investigation,
             "peer": peer, "measured": measured, "backbone": args.backbone,
             "cache_dir": args.cache_dir}
 

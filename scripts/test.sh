@@ -28,6 +28,9 @@ cd "$ROOT" || exit 1
 
 SUMMARY=()
 FAILED=()
+# every stage names its 10 slowest tests: CI has 45 minutes on 2 cores, and its log is where
+# a stage that grows shows which test grew
+export PYTEST_ADDOPTS="${PYTEST_ADDOPTS:-} --durations=10"
 
 # stage NAME COMMAND...: run one stage, record its outcome and how long it took.
 stage() {
