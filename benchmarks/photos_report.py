@@ -50,9 +50,10 @@ FINDINGS = """## Findings so far (EfficientNet-Lite0, 128 px, batch 32)
   from block 5 83.7, from block 8 83.2, from block 11 82.6 (1.05 below: out). The largest
   depth within 1.0 point, block 8, takes 0.48x of `finetune`'s step (4.8 MB saved, 69 MB
   training peak) and gets its own row: trained on every set for its test figures, and given
-  3 seeds with the key rows. Its first test figure: flowers5 77.4 against full depth's
-  79.1, the same 1.7-point gap val showed on that set (clothing's val gain of 0.8 hid it
-  in the mean), so the 3-seed row on all four sets decides. Its 0.48x is close to the 0.5x
+  3 seeds with the key rows. Its first test figures are a warning: flowers5 77.4 and
+  clothing 85.5 against full depth's 79.1 and 86.5 (1.7 and 1.0 below; on val clothing
+  was 0.8 above and hid flowers5's gap in the mean), so the 3-seed row on all four sets
+  decides, and block 3 or 5 may be the honest choice. Its 0.48x is close to the 0.5x
   bound and the step ratios carry a few hundredths of noise (block 5 measured 0.55, block
   3 0.50): the measuring phase wants more rounds before the goal is called met. The
   default stays full depth: the glyph benchmark chose it at 64 px, and depth is a setting
