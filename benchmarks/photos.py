@@ -75,6 +75,7 @@ MEASURE_VERSION = 2  # 2: the training peak is above the loaded model, not the s
 DEPTHS = (0, 3, 5, 8, 11)  # first adapted block (adapter depth); 0 = every block
 DEPTH_SETTINGS = [("default", {})] + [("from block %d" % d, {"first_block": d})
                                       for d in DEPTHS[1:]]
+DEPTH_ROW = "da2 from block %d"  # DA2 at an adapter depth: a main-table row, a measured entry
 INVESTIGATION_SETS = ["flowers5", "clothing"]  # the two hard sets: choices on their val
 HIRES_SETS = ["clothing", "cats_dogs"]  # 160 px is their native shorter side
 
@@ -293,7 +294,7 @@ def measure_entries(args):
     entries = OrderedDict((m, {"method": m}) for m in METHODS)
     entries["peft_lora"]["rank"] = lora["rank"]
     for depth in DEPTHS[1:]:
-        entries["da2 from block %d" % depth] = {"method": "da2",
+        entries[DEPTH_ROW % depth] = {"method": "da2",
                                                 "settings": {"first_block": depth}}
     return entries
 
@@ -323,10 +324,20 @@ def cell_for(args, choices, method, dataset, seed, resolution=None, settings=Non
                 settings, choice.get("rank", 0), tag)
 
 
+def row_depth(row):
+    """The adapter depth of a :data:`DEPTH_ROW` row; None for a method's own row."""
+    prefix = DEPTH_ROW.rsplit(" ", 1)[0] + " "
+    return int(row[len(prefix):]) if row.startswith(prefix) else None
+
+
+def row_method(row):
+    return "da2" if row_depth(row) is not None else row
+
+
 def row_cell(args, choices, row, dataset, seed, resolution=None):
-    """A main-table row's cell: a method, or DA2 at an adapter depth ("da2 from block K")."""
-    if row.startswith("da2 from block "):
-        depth = int(row.rsplit(" ", 1)[1])
+    """A main-table row's cell: a method, or DA2 at an adapter depth (:data:`DEPTH_ROW`)."""
+    depth = row_depth(row)
+    if depth is not None:
         return cell_for(args, choices, "da2", dataset, seed, resolution,
                         {"first_block": depth}, "~from_block_%d" % depth)
     return cell_for(args, choices, row, dataset, seed, resolution)
@@ -346,8 +357,8 @@ def chosen_depth(investigation):
     val mean on the investigation sets is within 1.0 point of full-depth DA2's (the issue's
     bound); None until every depth has its val cells."""
     default = investigation.get("default")
-    depths = [(int(name.rsplit(" ", 1)[1]), records) for name, (_, records)
-              in investigation.items() if name.startswith("from block ")]
+    depths = [(settings["first_block"], records) for settings, records
+              in investigation.values() if "first_block" in settings]
     if not default or not all(default[1]) or not all(all(r) for _, r in depths):
         return None
     base = statistics.mean(r["val_top1"] for r in default[1])
@@ -394,7 +405,7 @@ def run_backbone(args, phases):
     lite0 = args.backbone == BACKBONES[0]
     investigation = investigate(args, choices, DEPTH_SETTINGS) if lite0 else OrderedDict()
     depth = chosen_depth(investigation)
-    depth_row = ["da2 from block %d" % depth] if depth else []
+    depth_row = [DEPTH_ROW % depth] if depth else []
     run_cells(args, choices, depth_row, [0], SETS)
     # finetune_ckpt last: its cells cost 1.6x finetune's for finetune's gradients
     rest = [m for m in methods if m not in key and m != "finetune_ckpt"]

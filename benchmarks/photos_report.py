@@ -16,6 +16,8 @@ from photos import (
     SETS,
     cell_for,
     row_cell,
+    row_depth,
+    row_method,
 )
 
 from device_agent.model.memory import MB
@@ -105,7 +107,7 @@ def main_rows(args, result):
              "|---|---:|---:|" + "---:|" * len(SETS) + "---:" * 1 + "|---:" * 9 + "|"]
     rows = {}
     for method in result["methods"]:
-        choice = choices.get(method.split(" ")[0]) or {}  # "da2 from block K": da2's
+        choice = choices.get(row_method(method)) or {}
         if not choice and method not in measured:
             continue
         seeds = _seeds_of(args, choices, method)
@@ -164,7 +166,7 @@ def verdicts(rows):
             diff = 100 * (da2["mean"] - row["mean"])
             out.append("- DA2 against %s: %+.1f points (goal: above)." % (other, diff))
     for name, row in rows.items():
-        if name.startswith("da2 from block ") and row["mean"] is not None and row["step_ratio"]:
+        if row_depth(name) is not None and row["mean"] is not None and row["step_ratio"]:
             out.append("- %s: step %.2fx of finetune's (goal: at most 0.5x) at %.1f points %s "
                        "full-depth DA2 (goal: at most 1.0 below)." % (
                            name, row["step_ratio"], abs(100 * (da2["mean"] - row["mean"])),
@@ -288,16 +290,17 @@ def plots(results, args):
                "time": ("step_s", "training step time, s (%d px, batch %d)" % (
                    args.resolution, args.batch_size), False)}
     drawn = ["cost"] if cost(results, args, plt) else []
+    tables = {backbone: main_rows(args, result)[1] for backbone, result in results.items()}
     for name, (key, label, log) in scatter.items():
-        points = [1 for result in results.values() for method, row in
-                  main_rows(args, result)[1].items()
+        points = [1 for backbone, result in results.items() for method, row in
+                  tables[backbone].items()
                   if row["mean"] is not None and (result["measured"] or {}).get(method)]
         if len(points) < 3:  # fewer than 3 complete methods: nothing to compare yet
             continue
         drawn.append(name)
         figure, axis = plt.subplots(figsize=(7.5, 4.8))
         for backbone, result in results.items():
-            _, rows = main_rows(args, result)
+            rows = tables[backbone]
             for method, row in rows.items():
                 m = (result["measured"] or {}).get(method)
                 if row["mean"] is None or not m:
@@ -322,8 +325,8 @@ def plots(results, args):
         figure.tight_layout()
         figure.savefig(os.path.join(args.out, "benchmarks-photos-%s.png" % name), dpi=110)
         plt.close(figure)
-    with_cells = {b: r for b, r in results.items()
-                  if sum(1 for row in main_rows(args, r)[1].values() if row["by_set"]) >= 3}
+    with_cells = {b: rows for b, rows in tables.items()
+                  if sum(1 for row in rows.values() if row["by_set"]) >= 3}
     if with_cells:  # a backbone with at least 3 methods that have a set to compare
         bars(with_cells, args, plt, colors)
         drawn.append("sets")
@@ -368,11 +371,12 @@ def cost(results, args, plt):
     return True
 
 
-def bars(results, args, plt, colors):
-    figure, axes = plt.subplots(len(results), 1, figsize=(10, 3.6 * len(results) + 0.6),
+def bars(tables, args, plt, colors):
+    """``tables``: backbone -> its main rows (main_rows' second value)."""
+    figure, axes = plt.subplots(len(tables), 1, figsize=(10, 3.6 * len(tables) + 0.6),
                                 squeeze=False)
-    for axis, (backbone, result) in zip(axes[:, 0], results.items()):
-        rows = {m: row for m, row in main_rows(args, result)[1].items() if row["by_set"]}
+    for axis, (backbone, table) in zip(axes[:, 0], tables.items()):
+        rows = {m: row for m, row in table.items() if row["by_set"]}
         width = 0.8 / max(1, len(rows))
         spread = any(len(v) > 1 for row in rows.values() for v in row["by_set"].values())
         for i, (method, row) in enumerate(rows.items()):
