@@ -23,21 +23,33 @@ def test_pack_bits_round_trip(numel):
     assert torch.equal(lean_ops.unpack_bits(packed, (numel,)).bool(), mask)
 
 
-def test_pack_bits_fallback_matches_fast_path(monkeypatch):
+@pytest.mark.parametrize("words", [True, False])
+def test_both_ways_of_packing_match_numpy(monkeypatch, words):
+    """int64 words (torch 1.11+) and shifted bytes (torch 1.10) pack as numpy does."""
+    np = pytest.importorskip("numpy")
+    if words and not lean_ops._can_view_as_words():
+        pytest.skip("torch %s cannot view bytes as int64 words" % torch.__version__)
     mask = torch.rand(3, 5, 7) > 0.3
-    fast = lean_ops.pack_bits(mask)
+    monkeypatch.setattr(lean_ops, "_VIEW_AS_WORDS", words)
+    expected = np.packbits(mask.reshape(-1).numpy(), bitorder="little")
+    assert lean_ops.pack_bits(mask).numpy().tolist() == expected.tolist()
+
+
+def test_an_old_torch_is_asked_once_and_packs_without_words(monkeypatch):
     original_view = torch.Tensor.view
     refused = []
 
     def view(self, *args):
-        if args and isinstance(args[0], torch.dtype):
+        if args and isinstance(args[0], torch.dtype) and args[0] != self.dtype:
             refused.append(args[0])
             raise RuntimeError("old torch: no view(dtype)")
         return original_view(self, *args)
 
     monkeypatch.setattr(torch.Tensor, "view", view)
-    assert torch.equal(lean_ops.pack_bits(mask), fast)
-    assert refused == [torch.int64]  # the fallback really ran
+    assert lean_ops._can_view_as_words() is False and refused == [torch.int64]
+    monkeypatch.setattr(lean_ops, "_VIEW_AS_WORDS", False)
+    lean_ops.pack_bits(torch.rand(100) > 0.5)
+    assert refused == [torch.int64]  # packing never asks again
 
 
 @pytest.mark.parametrize("stride,padding,groups,same", [
@@ -133,3 +145,29 @@ def test_packed_dropout_matches_cpu_dropout():
     out_l, (gl,) = _grads(lambda x: lean_ops.dropout(x, 0.3, training=True, lean=True), x)
     assert (out_p == 0).any() and torch.allclose(out_p, out_l) and torch.allclose(gp, gl)
     assert torch.equal(lean_ops.dropout(x, 0.3, training=False, lean=True), x)
+
+
+@pytest.mark.parametrize("channels,groups,multiplier,kernel,stride,padding,dilation,size", [
+    (6, 6, 1, 3, 1, 1, 1, 8), (6, 6, 1, 3, 2, 1, 1, 8), (6, 6, 1, 5, 2, 2, 1, 7),
+    (6, 6, 2, 3, 2, 1, 1, 9), (4, 4, 1, 3, 1, 2, 2, 8), (4, 4, 1, 5, 2, 0, 1, 9),
+    (4, 4, 1, 1, 2, 0, 1, 7), (6, 3, 2, 3, 2, 1, 1, 9), (5, 1, 3, 1, 1, 0, 1, 8),
+    (5, 1, 2, 3, 2, 1, 1, 9)])
+def test_the_conv_input_grad_as_conv2d_equals_autograd(monkeypatch, channels, groups, multiplier,
+                                                       kernel, stride, padding, dilation, size):
+    """torch 1.x's CPU path: depthwise, grouped and dense convs (on torch 2.x it is off:
+    forced on here)."""
+    monkeypatch.setattr(lean_ops, "_TRANSPOSE_AS_CONV", True)
+    weight = torch.randn(channels * multiplier, channels // groups, kernel, kernel)
+    x = torch.randn(2, channels, size, size, requires_grad=True)
+    y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+    grad = torch.randn_like(y)
+    expected, = torch.autograd.grad(y, x, grad)
+    as_conv = lean_ops._input_grad_as_conv(
+        x.shape, weight, grad, (stride,) * 2, (padding,) * 2, (dilation,) * 2, groups,
+        tuple(x.shape[2 + i] - ((y.shape[2 + i] - 1) * stride - 2 * padding
+                                + dilation * (kernel - 1) + 1) for i in range(2)))
+    assert as_conv is not None, "the conv2d form refused a padding these nets use"
+    assert (as_conv - expected).abs().max().item() < 1e-4
+    got = lean_ops._conv2d_input_grad(x.shape, weight, grad, stride, padding, dilation,
+                                      groups)
+    assert (got - expected).abs().max().item() < 1e-4

@@ -232,18 +232,21 @@ def test_every_error_is_problem_json_without_paths(daemon):
 @pytest.mark.slow
 def test_a_store_locked_mid_job_heals(tmp_path_factory, small_folder):
     """An operator's sqlite3 shell holds the write lock longer than the store's busy timeout
-    (30 s) while a job trains: the job still ends succeeded, supervision goes on."""
+    (3 s here: the default 30 s would only make the test 30 s longer) while a job trains: the
+    job still ends succeeded, supervision goes on."""
     data_dir = str(tmp_path_factory.mktemp("locked"))  # not inside the uploaded folder
     log_path = os.path.join(str(tmp_path_factory.mktemp("log")), "daemon.log")
     log = open(log_path, "w")
-    proc, base = live_daemon.start(data_dir, TOKEN, stderr=log)
+    proc, base = live_daemon.start(data_dir, TOKEN, stderr=log,
+                                   DEVICE_AGENT_STORE_BUSY_TIMEOUT_S="3")
     try:
         body, content_type = multipart([("file", ("d.zip", zipped(small_folder)))])
         assert call(base, "POST", "/v1/domains/locked/datasets", body, token=TOKEN,
                     content_type=content_type)[0] == 201
         status, job = call(base, "POST", "/v1/domains/locked/jobs",
                            {"backbone": "resnet18", "resolution": 32, "batch_size": 4,
-                            "epochs": 100}, token=TOKEN)  # longer than the lock
+                            "epochs": 40}, token=TOKEN)  # outlasts the lock here (were
+        # it to end inside the lock, its last writes would be the ones refused and retried)
         assert status == 202, job
         job_path = "/v1/jobs/" + job["job_id"]
         deadline = time.time() + 120
@@ -252,7 +255,7 @@ def test_a_store_locked_mid_job_heals(tmp_path_factory, small_folder):
             time.sleep(0.1)  # training: a progress write is due every step
         operator = sqlite3.connect(os.path.join(data_dir, "agent.db"), isolation_level=None)
         operator.execute("BEGIN EXCLUSIVE")
-        locked_until = time.time() + 40
+        locked_until = time.time() + 10  # > 3 s: writes are refused, kept, retried
         while time.time() < locked_until:  # the probes answer while the store is locked
             started = time.monotonic()
             connection = http.client.HTTPConnection("127.0.0.1", port_of(base), timeout=5)

@@ -68,7 +68,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        store = _open_store(paths)
+        store = _open_store(paths, settings.store_busy_timeout_s)
         store.sample_limits = datasets.archive_limits(settings)  # every add_samples caller
         runner = JobRunner(store, paths, stuck_after_s=settings.stuck_after_s)
         runner.recover()  # jobs a crash left running: promoted, or resumed from checkpoints
@@ -180,12 +180,12 @@ def hide_paths(message: str) -> str:
     return ABSOLUTE_PATH.sub(r"\1", message)
 
 
-def _open_store(paths: DataPaths) -> Store:
+def _open_store(paths: DataPaths, busy_timeout_s: float) -> Store:
     """Open the store, saying clearly when the database is damaged: a database that opens but
     fails its check starts the daemon (``/readyz`` answers 503 with the reason), one that
     cannot be opened at all stops it with that reason rather than a bare traceback."""
     try:
-        store = Store(paths.database)
+        store = Store(paths.database, busy_timeout_s)
     except sqlite3.DatabaseError as exc:
         log.critical("the database %s cannot be opened (%s): it is damaged; move it aside "
                      "(or restore a backup) and start again", paths.database, exc)

@@ -40,6 +40,10 @@ class Settings(BaseSettings):
                                                             "within this, s")
     body_idle_timeout_s: float = Field(30.0, gt=0, description="a request body may pause "
                                                                "this long between bytes, s")
+    store_busy_timeout_s: float = Field(30.0, gt=0, le=600, description="a store write waits "
+                                        "this long for a lock another process holds (an "
+                                        "operator's sqlite3 shell, a backup), s; then it "
+                                        "fails and is retried")
     stuck_after_s: float = Field(120.0, gt=0, description="/healthz fails when a daemon "
                                                           "thread has not beaten for this, s")
     threads: int = Field(0, ge=0, le=1024, description="the worker's torch threads (0: the "

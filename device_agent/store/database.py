@@ -136,13 +136,15 @@ def as_record(row: Optional[sqlite3.Row], json_fields: Sequence[str] = ()) -> Op
 class Database(object):
     """The connections, the write lock and the schema; the base of every record mixin."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, busy_timeout_s: float = 30.0) -> None:
+        # busy_timeout_s: how long a statement waits for a lock another process holds (an
+        # operator's sqlite3 shell, a backup) before it fails with "database is locked"
         directory = os.path.dirname(os.path.abspath(path))
         os.makedirs(directory, exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
-                                   timeout=30)
+                                   timeout=busy_timeout_s)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a power cut loses no committed job
@@ -150,7 +152,7 @@ class Database(object):
         self._migrate()
         self._read_lock = threading.Lock()
         self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
-                                       timeout=30)
+                                       timeout=busy_timeout_s)
         self._reader.row_factory = sqlite3.Row
 
     def close(self) -> None:
