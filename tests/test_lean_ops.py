@@ -147,27 +147,36 @@ def test_packed_dropout_matches_cpu_dropout():
     assert torch.equal(lean_ops.dropout(x, 0.3, training=False, lean=True), x)
 
 
-@pytest.mark.parametrize("channels,groups,multiplier,kernel,stride,padding,dilation,size", [
-    (6, 6, 1, 3, 1, 1, 1, 8), (6, 6, 1, 3, 2, 1, 1, 8), (6, 6, 1, 5, 2, 2, 1, 7),
-    (6, 6, 2, 3, 2, 1, 1, 9), (4, 4, 1, 3, 1, 2, 2, 8), (4, 4, 1, 5, 2, 0, 1, 9),
-    (4, 4, 1, 1, 2, 0, 1, 7), (6, 3, 2, 3, 2, 1, 1, 9), (5, 1, 3, 1, 1, 0, 1, 8),
-    (5, 1, 2, 3, 2, 1, 1, 9)])
+@pytest.mark.parametrize("channels,groups,multiplier,kernel,padding,dilation,size", [
+    (6, 6, 1, 3, 1, 1, 8), (6, 6, 1, 5, 2, 1, 7), (6, 6, 2, 3, 1, 1, 9), (4, 4, 1, 3, 2, 2, 8),
+    (4, 4, 1, 5, 0, 1, 9), (4, 4, 1, 1, 0, 1, 7), (6, 3, 2, 3, 1, 1, 9), (5, 1, 3, 1, 0, 1, 8),
+    (5, 1, 2, 3, 1, 1, 9)])
 def test_the_conv_input_grad_as_conv2d_equals_autograd(monkeypatch, channels, groups, multiplier,
-                                                       kernel, stride, padding, dilation, size):
-    """torch 1.x's CPU path: depthwise, grouped and dense convs (on torch 2.x it is off:
-    forced on here)."""
+                                                       kernel, padding, dilation, size):
+    """torch 1.x's CPU path for stride-1 grouped convs (on torch 2.x it is off: forced on
+    here; dense convs are checked too, since the form is general)."""
     monkeypatch.setattr(lean_ops, "_TRANSPOSE_AS_CONV", True)
     weight = torch.randn(channels * multiplier, channels // groups, kernel, kernel)
     x = torch.randn(2, channels, size, size, requires_grad=True)
-    y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+    y = F.conv2d(x, weight, None, 1, padding, dilation, groups)
     grad = torch.randn_like(y)
     expected, = torch.autograd.grad(y, x, grad)
-    as_conv = lean_ops._input_grad_as_conv(
-        x.shape, weight, grad, (stride,) * 2, (padding,) * 2, (dilation,) * 2, groups,
-        tuple(x.shape[2 + i] - ((y.shape[2 + i] - 1) * stride - 2 * padding
-                                + dilation * (kernel - 1) + 1) for i in range(2)))
+    as_conv = lean_ops._input_grad_as_conv(x.shape, weight, grad, (1, 1), (padding,) * 2,
+                                           (dilation,) * 2, groups, (0, 0))
     assert as_conv is not None, "the conv2d form refused a padding these nets use"
     assert (as_conv - expected).abs().max().item() < 1e-4
-    got = lean_ops._conv2d_input_grad(x.shape, weight, grad, stride, padding, dilation,
-                                      groups)
+    got = lean_ops._conv2d_input_grad(x.shape, weight, grad, 1, padding, dilation, groups)
     assert (got - expected).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("stride,padding,kernel", [(2, 1, 3), (1, 1, 1)])
+def test_the_conv2d_form_declines_strides_and_cropping_pads(stride, padding, kernel):
+    """A strided layer keeps conv_transpose2d (the conv2d form would first spread its
+    gradient into an input-sized copy), and so does a padding wider than the kernel."""
+    weight = torch.randn(4, 1, kernel, kernel)
+    x = torch.randn(1, 4, 8, 8, requires_grad=True)
+    y = F.conv2d(x, weight, None, stride, padding, 1, 4)
+    output_padding = tuple(8 - ((y.shape[2 + i] - 1) * stride - 2 * padding + kernel)
+                           for i in range(2))
+    assert lean_ops._input_grad_as_conv(x.shape, weight, torch.randn_like(y), (stride,) * 2,
+                                        (padding,) * 2, (1, 1), 4, output_padding) is None

@@ -19,11 +19,10 @@ import torch.nn.functional as F
 
 Pad4 = Optional[Tuple[int, int, int, int]]  # F.pad order: left, right, top, bottom
 
-# torch 1.x runs conv_transpose2d on CPU through slow_conv_transpose2d, a grouped one one group
-# at a time; torch 2.x's own is faster than the conv2d form below (measured with a 480-channel
-# depthwise layer: 1.10.2 68 ms transposed, 13 ms as conv2d; 2.14 11 ms transposed, 18 ms as
-# conv2d). JetPack 4's 1.10 is the one that needs it: a lean DA2 step on Lite0 (32 px, batch
-# 32, 2 cores) took 973 ms there against 2.14's 233 ms, and 226 ms with the conv2d form.
+# torch 1.x runs a grouped conv_transpose2d on CPU one group at a time; torch 2.x's own is
+# faster than the conv2d form below (measured with a 480-channel depthwise layer: 1.10.2 68 ms
+# transposed, 13 ms as conv2d; 2.14 11 ms transposed, 18 ms as conv2d). JetPack 4's 1.10 is
+# the one that needs it (benchmarks/conv_grad_forms.py measures both forms on any stack).
 _TRANSPOSE_AS_CONV = int(torch.__version__.split(".")[0]) < 2
 
 # Multiplying 8 little-endian 0/1 bytes (one int64) by this constant gathers bit i of
@@ -118,7 +117,7 @@ def _conv2d_input_grad(shape, weight, grad, stride, padding, dilation, groups) -
         shape[2 + i] - ((grad.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
                         + dilation[i] * (kernel[i] - 1) + 1)
         for i in range(2))
-    if grad.device.type == "cpu" and _TRANSPOSE_AS_CONV:
+    if groups > 1 and grad.device.type == "cpu" and _TRANSPOSE_AS_CONV:
         grad_x = _input_grad_as_conv(shape, weight, grad, stride, padding, dilation, groups,
                                      output_padding)
         if grad_x is not None:
@@ -129,29 +128,22 @@ def _conv2d_input_grad(shape, weight, grad, stride, padding, dilation, groups) -
 
 def _input_grad_as_conv(shape, weight, grad, stride, padding, dilation, groups,
                         output_padding) -> Optional[torch.Tensor]:
-    """The transposed conv of a conv as a plain conv2d: the gradient spread by the stride
-    (zeros between), padded, correlated with the kernel flipped and transposed per group.
-    torch 1.10 runs a grouped ``conv_transpose2d`` on CPU one group at a time
-    (``_convolution_nogroup`` -> ``slow_conv_transpose2d``): a depthwise layer's hundreds of
-    groups made a lean DA2 step 4x slower there than on torch 2.x; its conv2d (oneDNN) is
-    fast. None when a padding would crop (a 1x1 conv with padding; not in these nets)."""
+    """The transposed conv of a stride-1 conv as a plain conv2d: the gradient correlated
+    with the kernel flipped and transposed per group, padded by conv2d itself. torch 1.10
+    runs a grouped ``conv_transpose2d`` on CPU one group at a time (``_convolution_nogroup``
+    -> ``slow_conv_transpose2d``): a depthwise layer's hundreds of groups made a lean DA2 step
+    4x slower there than on torch 2.x; its conv2d (oneDNN) is fast. None where the conv2d
+    form would cost memory or crop: a strided layer (its gradient would first be spread into
+    an input-sized copy, one more input-sized buffer at the step's peak) or a padding wider
+    than the kernel's reach."""
     kernel = weight.shape[-2:]
-    before = [dilation[i] * (kernel[i] - 1) - padding[i] for i in range(2)]
-    after = [before[i] + output_padding[i] for i in range(2)]
-    if min(before + after) < 0:
+    pads = [dilation[i] * (kernel[i] - 1) - padding[i] for i in range(2)]
+    if tuple(stride) != (1, 1) or any(output_padding) or min(pads) < 0:
         return None
     out_per_group, in_per_group = weight.shape[0] // groups, weight.shape[1]
     flipped = weight.flip(-2, -1).reshape(groups, out_per_group, in_per_group, *kernel) \
         .transpose(1, 2).reshape(groups * in_per_group, out_per_group, *kernel)
-    if tuple(stride) == (1, 1) and before == after:  # no spread copy: conv2d pads
-        grad_x = F.conv2d(grad, flipped, None, 1, tuple(before), dilation, groups)
-        return grad_x if tuple(grad_x.shape) == tuple(shape) else None
-    n, channels, height, width = grad.shape
-    spread = grad.new_zeros(n, channels, before[0] + (height - 1) * stride[0] + 1 + after[0],
-                            before[1] + (width - 1) * stride[1] + 1 + after[1])
-    spread[:, :, before[0]:before[0] + (height - 1) * stride[0] + 1:stride[0],
-           before[1]:before[1] + (width - 1) * stride[1] + 1:stride[1]] = grad
-    grad_x = F.conv2d(spread, flipped, None, 1, 0, dilation, groups)
+    grad_x = F.conv2d(grad, flipped, None, 1, tuple(pads), dilation, groups)
     return grad_x if tuple(grad_x.shape) == tuple(shape) else None
 
 
