@@ -8,12 +8,11 @@ import os
 import sqlite3
 import struct
 import threading
-import time
 import zipfile
 
 import live_daemon
 import pytest
-from api_calls import TOKEN, call, multipart, png, wait_for_job, zipped  # wait_for_job: TOKEN
+from api_calls import TOKEN, call, multipart, png, wait_for, wait_for_job, zipped
 from bounded_inputs import png_header_only, tar_gz_of_headers
 
 pytest.importorskip("fastapi")  # a live daemon: not on the torch-only 3.6 stage
@@ -265,9 +264,8 @@ def test_a_job_that_kills_its_worker_fails_after_three_tries(tmp_path, tmp_path_
         assert "gave up after 3 attempts" in record["error"], record
         # The queue moved on: the job behind it was started (and would meet the same fate;
         # waiting for its three deaths too would only double the test's time).
-        deadline = time.time() + 300
-        while call(base, "GET", "/v1/jobs/" + behind, token=TOKEN)[1]["attempts"] < 1:
-            assert time.time() < deadline, "the job behind the poisoned one never started"
-            time.sleep(0.3)
+        record = wait_for(lambda: call(base, "GET", "/v1/jobs/" + behind, token=TOKEN)[1],
+                          lambda job: job["attempts"] >= 1, timeout=300)
+        assert record["attempts"] >= 1, "the job behind the poisoned one never started"
     finally:
         live_daemon.stop(proc)
