@@ -161,22 +161,34 @@ def test_the_conv_input_grad_as_conv2d_equals_autograd(monkeypatch, channels, gr
     y = F.conv2d(x, weight, None, 1, padding, dilation, groups)
     grad = torch.randn_like(y)
     expected, = torch.autograd.grad(y, x, grad)
-    as_conv = lean_ops._input_grad_as_conv(x.shape, weight, grad, (1, 1), (padding,) * 2,
-                                           (dilation,) * 2, groups, (0, 0))
+    as_conv = lean_ops._input_grad_as_conv(weight, grad, (padding,) * 2, (dilation,) * 2,
+                                           groups)
     assert as_conv is not None, "the conv2d form refused a padding these nets use"
     assert (as_conv - expected).abs().max().item() < 1e-4
     got = lean_ops._conv2d_input_grad(x.shape, weight, grad, 1, padding, dilation, groups)
     assert (got - expected).abs().max().item() < 1e-4
 
 
-@pytest.mark.parametrize("stride,padding,kernel", [(2, 1, 3), (1, 1, 1)])
-def test_the_conv2d_form_declines_strides_and_cropping_pads(stride, padding, kernel):
+@pytest.mark.parametrize("stride,padding,kernel,asked", [(2, 1, 3, False), (1, 1, 1, True)])
+def test_the_conv2d_form_declines_strides_and_cropping_pads(monkeypatch, stride, padding, kernel,
+                                                            asked):
     """A strided layer keeps conv_transpose2d (the conv2d form would first spread its
-    gradient into an input-sized copy), and so does a padding wider than the kernel."""
+    gradient into an input-sized copy), and so does a padding wider than the kernel: the
+    form is not asked, or declines, and the gradient is still autograd's."""
+    monkeypatch.setattr(lean_ops, "_TRANSPOSE_AS_CONV", True)
+    answers = []
+    as_conv = lean_ops._input_grad_as_conv
+
+    def recorded(*args):
+        answers.append(as_conv(*args))
+        return answers[-1]
+
+    monkeypatch.setattr(lean_ops, "_input_grad_as_conv", recorded)
     weight = torch.randn(4, 1, kernel, kernel)
     x = torch.randn(1, 4, 8, 8, requires_grad=True)
     y = F.conv2d(x, weight, None, stride, padding, 1, 4)
-    output_padding = tuple(8 - ((y.shape[2 + i] - 1) * stride - 2 * padding + kernel)
-                           for i in range(2))
-    assert lean_ops._input_grad_as_conv(x.shape, weight, torch.randn_like(y), (stride,) * 2,
-                                        (padding,) * 2, (1, 1), 4, output_padding) is None
+    grad = torch.randn_like(y)
+    expected, = torch.autograd.grad(y, x, grad)
+    got = lean_ops._conv2d_input_grad(x.shape, weight, grad, stride, padding, 1, 4)
+    assert answers == ([None] if asked else [])
+    assert (got - expected).abs().max().item() < 1e-4

@@ -117,34 +117,31 @@ def _conv2d_input_grad(shape, weight, grad, stride, padding, dilation, groups) -
         shape[2 + i] - ((grad.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
                         + dilation[i] * (kernel[i] - 1) + 1)
         for i in range(2))
-    if groups > 1 and grad.device.type == "cpu" and _TRANSPOSE_AS_CONV:
-        grad_x = _input_grad_as_conv(shape, weight, grad, stride, padding, dilation, groups,
-                                     output_padding)
+    # a strided layer keeps conv_transpose2d: the conv2d form would first spread its gradient
+    # into an input-sized copy, one more input-sized buffer at the step's peak
+    if groups > 1 and stride == (1, 1) and grad.device.type == "cpu" and _TRANSPOSE_AS_CONV:
+        grad_x = _input_grad_as_conv(weight, grad, padding, dilation, groups)
         if grad_x is not None:
             return grad_x
     return F.conv_transpose2d(grad, weight, None, stride, padding, output_padding, groups,
                               dilation)
 
 
-def _input_grad_as_conv(shape, weight, grad, stride, padding, dilation, groups,
-                        output_padding) -> Optional[torch.Tensor]:
+def _input_grad_as_conv(weight, grad, padding, dilation, groups) -> Optional[torch.Tensor]:
     """The transposed conv of a stride-1 conv as a plain conv2d: the gradient correlated
-    with the kernel flipped and transposed per group, padded by conv2d itself. torch 1.10
-    runs a grouped ``conv_transpose2d`` on CPU one group at a time (``_convolution_nogroup``
-    -> ``slow_conv_transpose2d``): a depthwise layer's hundreds of groups made a lean DA2 step
-    4x slower there than on torch 2.x; its conv2d (oneDNN) is fast. None where the conv2d
-    form would cost memory or crop: a strided layer (its gradient would first be spread into
-    an input-sized copy, one more input-sized buffer at the step's peak) or a padding wider
-    than the kernel's reach."""
+    with the kernel flipped and transposed per group, padded by conv2d itself (the output is
+    the input's size). torch 1.10 runs a grouped ``conv_transpose2d`` on CPU one group at a
+    time (``_convolution_nogroup`` -> ``slow_conv_transpose2d``): a depthwise layer's hundreds
+    of groups made a lean DA2 step 4x slower there than on torch 2.x; its conv2d (oneDNN) is
+    fast. None for a padding wider than the kernel's reach (the form would crop)."""
     kernel = weight.shape[-2:]
-    pads = [dilation[i] * (kernel[i] - 1) - padding[i] for i in range(2)]
-    if tuple(stride) != (1, 1) or any(output_padding) or min(pads) < 0:
+    pads = tuple(dilation[i] * (kernel[i] - 1) - padding[i] for i in range(2))
+    if min(pads) < 0:
         return None
     out_per_group, in_per_group = weight.shape[0] // groups, weight.shape[1]
     flipped = weight.flip(-2, -1).reshape(groups, out_per_group, in_per_group, *kernel) \
         .transpose(1, 2).reshape(groups * in_per_group, out_per_group, *kernel)
-    grad_x = F.conv2d(grad, flipped, None, 1, tuple(pads), dilation, groups)
-    return grad_x if tuple(grad_x.shape) == tuple(shape) else None
+    return F.conv2d(grad, flipped, None, 1, pads, dilation, groups)
 
 
 class _FrozenConv2d(torch.autograd.Function):
