@@ -117,7 +117,9 @@ def test_a_stop_stops_a_running_capture(camera):
     session = sessions.Session("d", sessions.CaptureRequest(CAMERA, "lbl", 1000, 1.0), 32,
                                Recorder())
     session.start()
-    time.sleep(0.1)
+    deadline = time.monotonic() + 10  # the first frame, however loaded the machine
+    while session.progress().stored < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert session.running
     session.stop()
     progress = session.progress()

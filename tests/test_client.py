@@ -153,7 +153,8 @@ def test_an_upload_refused_early_reports_the_refusal(tmp_path):
     server = _EarlyRefusal(401, "unauthorized", "missing or wrong API token")
     with pytest.raises(Unauthorized) as caught:
         Client(server.url, "wrong").upload_dataset("flowers", archive)
-    assert server.closed.is_set()
+    # the client may read the answer before the server thread marks its close: wait for it
+    assert server.closed.wait(10)
     assert caught.value.message == "HTTP 401: missing or wrong API token"
     assert caught.value.exit_code == 1
 
