@@ -181,6 +181,27 @@ def verdicts(rows):
     return out
 
 
+def step_split_rows(result):
+    """A step split in two: the training forward (timed alone, graph built) and the rest,
+    backward and update. DA2 runs finetune's forward and more (adapters, 1-bit masks): what it
+    can save is in the rest, so this table says how far a step ratio can fall."""
+    measured = result["measured"] or {}
+    base = measured.get("finetune") or {}
+    if "forward_s" not in base:
+        return ["Not measured yet: the measuring phase (`--phases measure`) records the "
+                "forward's share since this table was added."]
+    base_back = base["step_s"] - base["forward_s"]
+    lines = ["| method | step s | forward s | backward + update s | forward / finetune's | "
+             "backward + update / finetune's |", "|---|---:|---:|---:|---:|---:|"]
+    for name, m in measured.items():
+        if "forward_s" in m:
+            back = m["step_s"] - m["forward_s"]
+            lines.append("| %s | %.2f | %.2f | %.2f | %.2f | %.2f |" % (
+                name, m["step_s"], m["forward_s"], back, m["forward_s"] / base["forward_s"],
+                back / base_back))
+    return lines
+
+
 def investigation_rows(result):
     lines = ["| DA2 setting (val only, seed 0) | overrides | " + " | ".join(INVESTIGATION_SETS)
              + " | val mean | step / finetune | saved act. MB |",
@@ -253,6 +274,9 @@ def write_report(results, args):
             continue
         lines += table + [""]
         lines += verdicts(rows) + [""]
+        if result["measured"]:
+            lines += ["### Where a step's time goes (%d px, batch %d)" % (
+                args.resolution, args.batch_size), ""] + step_split_rows(result) + [""]
         if result["investigation"]:
             lines += ["### DA2 at %d px, revisited on val" % args.resolution, "",
                       "Adapter depth `first_block` = K puts adapters on blocks K and later "
