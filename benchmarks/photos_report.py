@@ -434,14 +434,16 @@ def bars(tables, args, plt, colors):
                     xs.append(j + i * width)
                     heights.append(100 * statistics.mean(values))
                     errors.append(50 * (max(values) - min(values)))
+            seeds = max(len(v) for v in row["by_set"].values())
             axis.bar(xs, heights, width, yerr=errors if any(errors) else None, capsize=2,
-                     label=method, color=colors[method])
+                     label=method + (" (%d seeds)" % seeds if seeds > 1 else ""),
+                     color=colors[method])
         axis.set_xticks([j + 0.4 - width / 2 for j in range(len(SETS))])
         axis.set_xticklabels(SETS)
         axis.set_ylabel("test top-1, %")
         axis.set_ylim(60, 100)
         axis.grid(True, axis="y", alpha=0.3)
-        axis.set_title("%s (%s)" % (backbone, "error bars: half the range over 3 seeds"
+        axis.set_title("%s (%s)" % (backbone, "error bars: half the range over a row's seeds"
                                     if spread else "seed 0 only: no spread yet"), fontsize=10)
         axis.legend(fontsize=8, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     figure.suptitle("Photo sets at %d px: test top-1 per set" % args.resolution)
