@@ -184,12 +184,12 @@ def verdicts(rows):
     da2, finetune = rows.get("da2"), rows.get("finetune")
     if not da2 or not finetune or da2["mean"] is None or finetune["mean"] is None:
         return ["- Goals: pending (da2 and finetune need every set)."]
-    seeds = min(len(da2["seed_means"]), len(finetune["seed_means"]))
+    own, theirs, seeds = _paired(da2, finetune)
     out = [] if seeds > 2 else [
         "- Read at seed 0 only: the goals ask for 3-seed means, and a one-seed difference is "
         "not yet a result." if seeds == 1 else "- Read over seeds 0 and 1: the goals ask for "
         "3-seed means; the third seed is still to run."]
-    gap = 100 * (finetune["mean"] - da2["mean"])
+    gap = 100 * (theirs - own)
     spread = 100 * max([max(r["seed_means"]) - min(r["seed_means"])
                         for r in (da2, finetune) if len(r["seed_means"]) > 1] or [0.0])
     out.append("- DA2 against finetune: %.1f points %s (goal: within 1.0)%s." % (

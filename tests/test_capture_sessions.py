@@ -72,6 +72,13 @@ def camera(monkeypatch):
     return cameras
 
 
+def _until(condition, timeout_s):
+    """Polls ``condition`` until it holds or ``timeout_s`` pass; the caller asserts after."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def run(recorder, source=CAMERA, count=3, interval=0.0, size=32):
     session = sessions.Session("d", sessions.CaptureRequest(source, "lbl", count, interval),
                                size, recorder)
@@ -117,9 +124,7 @@ def test_a_stop_stops_a_running_capture(camera):
     session = sessions.Session("d", sessions.CaptureRequest(CAMERA, "lbl", 1000, 1.0), 32,
                                Recorder())
     session.start()
-    deadline = time.monotonic() + 10  # the first frame, however loaded the machine
-    while session.progress().stored < 1 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _until(lambda: session.progress().stored >= 1, 10)  # the first frame, however loaded
     assert session.running
     session.stop()
     progress = session.progress()
@@ -141,9 +146,7 @@ def test_the_limits_on_sessions(camera):
                        32)
     with pytest.raises(UnknownName):
         captures.get("c")
-    deadline = time.monotonic() + 5
-    while captures.get("a").preview() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
+    _until(lambda: captures.get("a").preview() is not None, 5)
     assert captures.preview("a", None, 32)[:2] == b"\xff\xd8"  # the running one's JPEG
     captures.stop_all()
     assert [s.progress().state for s in captures.sessions()] == ["stopped", "stopped"]

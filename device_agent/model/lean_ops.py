@@ -112,17 +112,17 @@ def _conv2d_input_grad(shape, weight, grad, stride, padding, dilation, groups) -
     """The input gradient of conv2d as a transposed conv. (``torch.nn.grad.conv2d_input``
     feeds an expanded dummy input that oneDNN copies to full size: slower, and a peak.)"""
     stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
-    kernel = weight.shape[-2:]
-    output_padding = tuple(
-        shape[2 + i] - ((grad.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
-                        + dilation[i] * (kernel[i] - 1) + 1)
-        for i in range(2))
     # a strided layer keeps conv_transpose2d: the conv2d form would first spread its gradient
     # into an input-sized copy, one more input-sized buffer at the step's peak
     if groups > 1 and stride == (1, 1) and grad.device.type == "cpu" and _TRANSPOSE_AS_CONV:
         grad_x = _input_grad_as_conv(weight, grad, padding, dilation, groups)
         if grad_x is not None:
             return grad_x
+    kernel = weight.shape[-2:]
+    output_padding = tuple(
+        shape[2 + i] - ((grad.shape[2 + i] - 1) * stride[i] - 2 * padding[i]
+                        + dilation[i] * (kernel[i] - 1) + 1)
+        for i in range(2))
     return F.conv_transpose2d(grad, weight, None, stride, padding, output_padding, groups,
                               dilation)
 
