@@ -266,18 +266,19 @@ def measure_child(spec):
 
 
 def measure(args, entries, resolution):
-    """``entries``: name -> spec overrides. Rounds of one child per entry, interleaved."""
+    """``entries``: name -> spec overrides. Rounds of one child per entry, interleaved; the
+    record is rewritten after every round, so a killed run keeps its finished rounds and the
+    next run adds rounds up to ``--rounds``. A report reads whatever rounds are recorded."""
     path = os.path.join(args.records_dir, "measure-%dpx.json" % resolution)
-    rounds = []
+    stored = {"version": MEASURE_VERSION, "entries": entries, "rounds": []}
     if os.path.exists(path):
         with open(path) as handle:
-            stored = json.load(handle)
-        if stored.get("version") == MEASURE_VERSION and stored.get("entries") == entries \
-                and len(stored["rounds"]) >= args.rounds:
-            return stored
-    if args.cached_only:
-        return None
-    for index in range(args.rounds):
+            recorded = json.load(handle)
+        if recorded.get("version") == MEASURE_VERSION and recorded.get("entries") == entries:
+            stored = recorded
+    if args.cached_only or len(stored["rounds"]) >= args.rounds:
+        return stored if stored["rounds"] else None
+    for index in range(len(stored["rounds"]), args.rounds):
         row = {}
         for name, overrides in entries.items():
             spec = dict({"backbone": args.backbone, "resolution": resolution,
@@ -288,9 +289,8 @@ def measure(args, entries, resolution):
             print("  round %d %-22s step %.3f s, saved %.1f MB, peak %.0f MB" % (
                 index, name, row[name]["step_s"], row[name]["saved_activation_bytes"] / MB,
                 row[name]["peak_train_mb"]), flush=True)
-        rounds.append(row)
-    stored = {"version": MEASURE_VERSION, "entries": entries, "rounds": rounds}
-    write_json(path, stored)
+        stored["rounds"].append(row)
+        write_json(path, stored)
     return stored
 
 
@@ -304,10 +304,11 @@ def measure_entries(args):
     return entries
 
 
-def summarize(stored):
-    """name -> medians over rounds, and the step time as a ratio of finetune's per round."""
-    out = {}
-    for name in stored["rounds"][0]:
+def summarize(stored, names):
+    """name -> medians over rounds, and the step time as a ratio of finetune's per round, in
+    the order of ``names`` (the record's JSON keys are sorted)."""
+    out = OrderedDict()
+    for name in names:
         values = [r[name] for r in stored["rounds"]]
         out[name] = {key: statistics.median(v[key] for v in values) for key in values[0]}
         out[name]["step_ratio"] = statistics.median(
@@ -429,15 +430,16 @@ def run_backbone(args, phases):
     if lite0:
         hires = ["finetune", "da2", "tinytl_lite_residual"] + ([peer] if peer else [])
         run_cells(args, choices, hires, [0], HIRES_SETS, args.hires)
-    measured = None
+    measured, stored = None, None
     if "measure" in phases or args.cached_only:
         args.cached_only = True  # the entries read LoRA's chosen rank; they train nothing
         entries = measure_entries(args)
         args.cached_only = "measure" not in phases
         stored = measure(args, entries, args.resolution)
-        measured = summarize(stored) if stored else None
+        measured = summarize(stored, list(entries)) if stored else None
     return {"choices": choices, "methods": methods + depth_row, "investigation": investigation,
             "peer": peer, "measured": measured, "backbone": args.backbone,
+            "measure_rounds": len(stored["rounds"]) if stored else 0,
             "records_dir": args.records_dir}
 
 
