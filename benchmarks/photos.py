@@ -69,13 +69,18 @@ LR_STEP, LR_EXTENSIONS = 3.0, 2  # past the grid's edge while the best rate is o
 LORA_RANKS = (4, 16)
 LORA_LR = 1e-3  # PEFT's examples start LoRA near 1e-3 (x LR_FACTORS)
 # DA2 at 128 px, revisited on val (name -> adapter-setting overrides of the default).
-VARIANTS = OrderedDict([
+VARIANTS = OrderedDict([  # the likeliest gains first: a stopped run has run those
     ("default", {}),
+    ("+ BN biases", {"train_biases": True}),
+    # PEFT LoRA (rank 16) trains 2.8x DA2's parameters: is DA2 short of capacity?
+    ("wider branch", {"reduction": 2}),
+    ("pool 2", {"pool": 2}),
+    # At 128 px the 1/32 stride bound and the 4-cell floor give every branch 4 x 4 cells
+    # (pool alone changes nothing); finer branches need both bounds moved.
+    ("branch stride 16", {"pool": 2, "min_branch_stride": 16}),
     ("no cell floor", {"min_cells": 0}),
     ("floor of 2 cells", {"min_cells": 2}),
-    ("pool 2", {"pool": 2}),
     ("no attention", {"attention": "none"}),
-    ("+ BN biases", {"train_biases": True}),
 ])
 MEASURE_VERSION = 2  # 2: the training peak is above the loaded model, not the steady state
 DEPTHS = (0, 3, 5, 8, 11)  # first adapted block (adapter depth); 0 = every block
@@ -178,7 +183,7 @@ class Cell(object):
                   "train_images": len(split.train), "threads": THREADS.intra_op}
         write_json(self.path, record)
         print("[%s] %-14s %-11s seed %d %d px: val %.3f test %s (%.0f s)" % (
-            self.args.backbone, self.method, self.dataset, self.seed, self.resolution,
+            self.args.backbone, self.method + self.tag, self.dataset, self.seed, self.resolution,
             record["val_top1"], "-" if val_only else "%.3f" % record["test_top1"], wall),
             flush=True)
         return record
@@ -417,11 +422,13 @@ def run_backbone(args, phases):
     rest = [m for m in methods if m not in key and m != "finetune_ckpt"]
     choices.update((m, choose_lr(args, m)) for m in rest)
     run_cells(args, choices, rest, [0], SETS)
+    # The variants before more seeds: a variant that wins on val would change what the
+    # seeds should run (a backbone's default lives in its manifest entry).
+    if lite0:
+        investigation.update(investigate(args, choices, list(VARIANTS.items())[1:]))
     peer = best_peer(args, choices)
     run_cells(args, choices, ["da2", "finetune"] + ([peer] if peer else []) + depth_row,
               [1, 2], SETS)
-    if lite0:
-        investigation.update(investigate(args, choices, list(VARIANTS.items())[1:]))
     if "finetune_ckpt" in methods:
         choices["finetune_ckpt"] = choose_lr(args, "finetune_ckpt")
         run_cells(args, choices, ["finetune_ckpt"], [0], SETS)
