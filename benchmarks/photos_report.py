@@ -424,25 +424,22 @@ LABEL_SPOTS = ((6, 3, "left"), (6, -10, "left"), (8, 14, "left"), (8, -20, "left
                (-8, 14, "right"), (-8, -20, "right"), (-8, 3, "right"), (-8, -10, "right"))
 
 
-def _place_labels(axis, labels, char_px=3.6, height_px=9, marker_px=5):
+def _place_labels(axis, labels, char_pt=3.6, height_pt=9, marker_pt=5):
     """Name each point at the first spot of LABEL_SPOTS where the text stays inside the
     axes and clears every marker and the labels placed so far. Sizes are in points at
     fontsize 7 (an estimate, not a text layout)."""
     axis.autoscale_view()
     frame = axis.get_window_extent()
-    ratio = axis.figure.dpi / 72.0  # offsets are in points
-    placed = []
-    for x, y in ((x, y) for x, y, _ in labels):
-        px, py = axis.transData.transform((x, y))
-        half = marker_px * ratio
-        placed.append((px - half, py - half, px + half, py + half))
-    for x, y, text in sorted(labels, key=lambda label: -label[1]):
-        px, py = axis.transData.transform((x, y))
-        width = char_px * len(text) * ratio
+    scale = axis.figure.dpi / 72.0  # points to display pixels
+    shown = [(axis.transData.transform((x, y)), x, y, text) for x, y, text in labels]
+    half = marker_pt * scale
+    placed = [(px - half, py - half, px + half, py + half) for (px, py), _, _, _ in shown]
+    for (px, py), x, y, text in sorted(shown, key=lambda label: -label[2]):
+        width = char_pt * len(text) * scale
         for dx, dy, align in LABEL_SPOTS:  # none clear: the last
-            left = px + dx * ratio - (width if align == "right" else 0)
-            bottom = py + dy * ratio
-            box = (left, bottom, left + width, bottom + height_px * ratio)
+            left = px + dx * scale - (width if align == "right" else 0)
+            bottom = py + dy * scale
+            box = (left, bottom, left + width, bottom + height_pt * scale)
             inside = box[0] >= frame.x0 and box[2] <= frame.x1
             if inside and not any(_overlap(box, other) for other in placed):
                 break
