@@ -12,8 +12,9 @@ when LoRA is built (the ``peers`` extra, never a dependency of the agent).
 """
 import functools
 import inspect
-from typing import List, Optional
+from typing import Callable, List, Optional
 
+import torch
 import torch.nn as nn
 
 from device_agent.model.backbones import build_backbone
@@ -61,7 +62,15 @@ def checkpoint_blocks(net: AdaptedNet) -> None:
     has_choice = "use_reentrant" in inspect.signature(checkpoint).parameters
     kwargs = {"use_reentrant": True} if has_choice else {}
     for block in net.domain.backbone.blocks():
-        block.forward = functools.partial(checkpoint, block.forward, **kwargs)
+        block.forward = functools.partial(_checkpointed, checkpoint, block.forward, **kwargs)
+
+
+def _checkpointed(checkpoint: Callable, forward: Callable, *inputs, **kwargs):
+    """Evaluation (grad off) runs the block as it is: there is nothing to recompute, and the
+    reentrant checkpoint warns on every such call that no input requires grad."""
+    if not torch.is_grad_enabled():
+        return forward(*inputs)
+    return checkpoint(forward, *inputs, **kwargs)
 
 
 def build(backbone: str, method: str, classes: int, settings: Optional[dict] = None,

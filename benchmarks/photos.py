@@ -427,8 +427,11 @@ def run_backbone(args, phases):
     if lite0:
         investigation.update(investigate(args, choices, list(VARIANTS.items())[1:]))
     peer = best_peer(args, choices)
+    # Seeds 1-2 on the main backbone only: the 3-seed goals are read there, and the second
+    # backbone's seed 0 (finetune, da2, PEFT LoRA) is what fits the CPU budget.
+    more_seeds = [1, 2] if lite0 else []
     run_cells(args, choices, ["da2", "finetune"] + ([peer] if peer else []) + depth_row,
-              [1, 2], SETS)
+              more_seeds, SETS)
     if "finetune_ckpt" in methods:
         choices["finetune_ckpt"] = choose_lr(args, "finetune_ckpt")
         run_cells(args, choices, ["finetune_ckpt"], [0], SETS)

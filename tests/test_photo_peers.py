@@ -5,6 +5,7 @@ built on (B = 0), trains only its matrices and the head, and leaves the shared b
 weights alone."""
 import os
 import sys
+import warnings
 
 import pytest
 import torch
@@ -49,6 +50,15 @@ def test_checkpointed_finetune_has_finetunes_gradients(lean):
     for name, grad in plain.items():
         assert torch.allclose(grad, checkpointed[name], rtol=1e-4, atol=1e-6), name
     assert any(float(g.abs().sum()) > 0 for g in plain.values())
+
+
+def test_checkpointed_finetune_evaluates_as_finetune_without_checkpointing():
+    plain, checkpointed = _net("finetune").eval(), _net("finetune_ckpt").eval()
+    images, _ = _batch()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("error")  # reentrant checkpoint warns when no input needs grad
+        assert torch.allclose(plain(images, lean=False), checkpointed(images, lean=False),
+                              atol=1e-5)
 
 
 def test_peft_lora_starts_as_its_linear_probe_and_trains_only_its_matrices():
