@@ -409,11 +409,11 @@ def run_backbone(args, phases):
     args.work_dir = os.path.join(args.cache, run, "work")
     args.cached_only = "train" not in phases
     key = ["da2", "finetune", "peft_lora"]
-    methods = METHODS if args.backbone == BACKBONES[0] else key
+    lite0 = args.backbone == BACKBONES[0]
+    methods = METHODS if lite0 else key
     # The order is the order of value: the key comparison first, every later phase cached.
     choices = {m: choose_lr(args, m) for m in key}
     run_cells(args, choices, key, [0], SETS)
-    lite0 = args.backbone == BACKBONES[0]
     investigation = investigate(args, choices, DEPTH_SETTINGS) if lite0 else OrderedDict()
     depth = chosen_depth(investigation)
     depth_row = [DEPTH_ROW % depth] if depth else []

@@ -33,8 +33,8 @@ FINDINGS = """## Findings so far (EfficientNet-Lite0, 128 px, batch 32)
   seeds 0-2 of `da2`, `finetune`, PEFT LoRA and DA2 from block 11, seed 0 of every other row,
   the DA2 variants on val and the measuring phase (5 rounds, quiet machine). Still to run,
   resumable: 160 px (clothing and cats_dogs, four rows; only `finetune` is in, 90.8 and
-  98.3 against 87.8 and 95.5 at 128 px) and MobileNetV2 (seed 0 of `finetune`, `da2` and PEFT LoRA:
-  the issue's fallback when the budget does not fit).
+  98.3 against 87.8 and 95.5 at 128 px) and MobileNetV2 (seed 0 of `finetune`, `da2` and
+  PEFT LoRA: the issue's fallback when the budget does not fit).
 - The 3-seed result: DA2 88.6 ± 0.2 against `finetune`'s 88.2 ± 0.4, 0.4 points above, a tie
   (`finetune`'s seed means range over 0.9 points). The sets part ways: `finetune` leads on
   clothing (88.9 against 86.4), DA2 on cats_dogs (97.4 against 96.3) and hymenoptera (93.3
