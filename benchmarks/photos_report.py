@@ -16,7 +16,6 @@ from photos import (
     METHODS,
     PEERS,
     SETS,
-    cell_for,
     row_cell,
     row_depth,
     row_method,
@@ -25,7 +24,7 @@ from photos import (
 from device_agent.model.memory import MB
 
 PENDING = "…"
-# What the measured cells say so far (prose; rewritten as cells arrive).
+# What the measured cells say (prose; rewritten when cells change).
 FINDINGS = """## Findings (EfficientNet-Lite0 unless a bullet names MobileNetV2; batch 32)
 
 - Status: every record is committed under `benchmarks/results/photos/` (a rerun from scratch:
@@ -303,31 +302,26 @@ def hires_rows(args, result):
     """Seed 0 at both resolutions, the mean gain over the sets, and the saved activations a
     step at each (the trainer's figure for the cell; it depends on the resolution only)."""
     _select(args, result)
-    resolutions = (args.resolution, args.hires)
+    low, high = args.resolution, args.hires
     lines = ["| method (seed 0) | " + " | ".join("%s %d px" % (s, r) for s in HIRES_SETS
-                                               for r in resolutions) +
-             " | mean gain | saved act. MB, %d / %d px |" % resolutions,
+                                               for r in (low, high)) +
+             " | mean gain | saved act. MB, %d / %d px |" % (low, high),
              "|---|" + "---:|" * (2 * len(HIRES_SETS) + 2)]
     peer = [result["peer"]] if result["peer"] else []
     for method in ["finetune", "da2", "tinytl_lite_residual"] + peer:
-        records = {(dataset, resolution): _cached(args, result, method, dataset, resolution)
-                   for dataset in HIRES_SETS for resolution in resolutions}
-        cells = ["%.1f" % (100 * record["test_top1"]) if record else PENDING
-                 for record in records.values()]
-        gains = [records[d, args.hires]["test_top1"] - records[d, args.resolution]["test_top1"]
-                 for d in HIRES_SETS if records[d, args.hires] and records[d, args.resolution]]
-        gain = "%+.1f" % (100 * statistics.mean(gains)) if len(gains) == len(HIRES_SETS) \
-            else PENDING
-        at_each = (records[HIRES_SETS[0], r] for r in resolutions)
-        saved = " / ".join("%.1f" % (r["saved_activation_bytes"] / MB) if r else PENDING
-                           for r in at_each)
+        # resolution -> set -> seed 0's record
+        at = {r: {d: records[0] for d, records in
+                  _records(args, result["choices"], method, [0], HIRES_SETS, r).items()}
+              for r in (low, high)}
+        cells = ["%.1f" % (100 * at[r][d]["test_top1"]) if d in at[r] else PENDING
+                 for d in HIRES_SETS for r in (low, high)]
+        both = [d for d in HIRES_SETS if d in at[low] and d in at[high]]
+        gain = PENDING if len(both) < len(HIRES_SETS) else "%+.1f" % (100 * statistics.mean(
+            at[high][d]["test_top1"] - at[low][d]["test_top1"] for d in both))
+        saved = " / ".join("%.1f" % (at[r][HIRES_SETS[0]]["saved_activation_bytes"] / MB)
+                           if HIRES_SETS[0] in at[r] else PENDING for r in (low, high))
         lines.append("| %s | %s | %s | %s |" % (method, " | ".join(cells), gain, saved))
     return lines
-
-
-def _cached(args, result, method, dataset, resolution):
-    cell = cell_for(args, result["choices"], method, dataset, 0, resolution)
-    return cell.cached() if cell else None
 
 
 def glyph_table(out_dir):
